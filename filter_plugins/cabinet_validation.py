@@ -1,0 +1,71 @@
+"""Filters that validate inventory input for cabinet-hardening roles.
+
+Each filter returns an empty string when the value is acceptable, or a sentence that says
+what was wrong and what was expected, so an assert can name the variable and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+# ansible-doc reads each filter's documentation from the .yml file of the same name.
+
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+
+
+def _require_str(value: object, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise AnsibleFilterError(f"{name} expects a string, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def hostname_problem(value: object) -> str:
+    """Return why ``value`` is not a DNS host name or IPv4 address, or '' when it is."""
+    text = _require_str(value, "hostname_problem")
+    if not text:
+        return "expected a host name such as smtp.msp.example, got an empty value"
+    if _IPV4.match(text):
+        return ""
+    name = text[:-1] if text.endswith(".") else text
+    if len(name) > 253:
+        return f"expected a host name of at most 253 characters, got {len(name)}"
+    if not all(_LABEL.match(label) for label in name.split(".")):
+        return f"expected a host name made of letters, digits, hyphens and dots, got {text!r}"
+    return ""
+
+
+def email_address_problem(value: object) -> str:
+    """Return why ``value`` is not one e-mail address, or '' when it is."""
+    text = _require_str(value, "email_address_problem")
+    example = "expected one address such as it@msp.example"
+    if not text:
+        return f"{example}, got an empty value"
+    if text != text.strip() or any(c.isspace() for c in text):
+        return f"{example}, without spaces, got {text!r}"
+    if text.count("@") != 1:
+        return f"{example}, got {text!r}"
+    local, domain = text.split("@")
+    if not local or not _LOCAL_PART.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        return f"{example}; the part before @ is not valid in {text!r}"
+    if "." not in domain:
+        return f"{example}; the domain {domain!r} has no dot"
+    domain_problem = hostname_problem(domain)
+    if domain_problem:
+        return f"{example}; the domain is not valid ({domain_problem})"
+    return ""
+
+
+class FilterModule:
+    """cabinet-hardening input validation filters."""
+
+    def filters(self) -> dict[str, object]:
+        return {
+            "email_address_problem": email_address_problem,
+            "hostname_problem": hostname_problem,
+        }

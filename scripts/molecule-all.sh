@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Run Molecule scenarios (each on Debian 12 and 13 at once) and print a summary.
+#   scripts/molecule-all.sh [scenario ...]      default: every molecule/*/molecule.yml
+# CABINET_MOLECULE_JOBS scenarios run side by side (default 2); each one's full log is kept
+# in build/molecule/<scenario>.log and printed when it fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+jobs=${CABINET_MOLECULE_JOBS:-2}
+scenarios=("$@")
+if [ "${#scenarios[@]}" -eq 0 ]; then
+  for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+fi
+mkdir -p build/molecule
+rm -f build/molecule/*.result
+
+run_one() {
+  local s=$1 start rc
+  start=$(date +%s)
+  echo "==> molecule test -s $s (log: build/molecule/$s.log)"
+  NO_COLOR=1 molecule test -s "$s" > "build/molecule/$s.log" 2>&1
+  rc=$?
+  echo "$s $rc $(( $(date +%s) - start ))" > "build/molecule/$s.result"
+  if [ "$rc" -eq 0 ]; then echo "==> $s passed"; else echo "==> $s FAILED (exit $rc)"; fi
+}
+
+running=0
+for s in "${scenarios[@]}"; do
+  run_one "$s" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
+
+failed=0
+echo
+echo "Molecule summary (Debian 12 and 13 in each scenario)"
+printf '  %-18s %-8s %s\n' scenario result seconds
+for s in "${scenarios[@]}"; do
+  read -r _ rc secs < "build/molecule/$s.result" || { rc=99; secs=?; }
+  if [ "$rc" -eq 0 ]; then result=passed; else result=FAILED; failed=$((failed + 1)); fi
+  printf '  %-18s %-8s %s\n' "$s" "$result" "$secs"
+done
+if [ "$failed" -gt 0 ]; then
+  for s in "${scenarios[@]}"; do
+    read -r _ rc _ < "build/molecule/$s.result"
+    if [ "$rc" -ne 0 ]; then
+      echo; echo "===== build/molecule/$s.log ====="; cat "build/molecule/$s.log"
+    fi
+  done
+  echo "$failed scenario(s) failed"
+  exit 1
+fi

@@ -1,0 +1,241 @@
+"""Shared machinery of the testinfra suites: which hosts to audit, what to expect of them.
+
+The same suites run in Molecule's verify step and against a client's real inventory:
+
+    pytest tests/integration --ansible-inventory=inventories/<client>/hosts.yml
+
+Hosts and expectations come from the inventory through Ansible's own API (group_vars,
+host_vars and, with ANSIBLE_VAULT_PASSWORD_FILE set, the vault), over the role's defaults.
+A suite names the group it audits with the module constant ``AUDITED_GROUP`` and its role
+with ``ROLE``. Tests that need the lab's mail sink (a stand-in for the MSP's relay that the
+tests can stop and read) take the ``mailsink`` fixture; on a real inventory, which has no
+``lab_mailsink`` group, they are reported as not applicable there, with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import testinfra
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_MAILSINK_GROUP = "lab_mailsink"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ansible-log",
+        default=os.environ.get("ANSIBLE_LOG_PATH", ""),
+        help="Ansible log of the run to audit for leaked secrets (default: $ANSIBLE_LOG_PATH)",
+    )
+
+
+# ----------------------------------------------------------------------------- inventory
+class Inventory:
+    """A parsed Ansible inventory: hosts by pattern, and each host's variables."""
+
+    def __init__(self, source: str) -> None:
+        from ansible.inventory.manager import InventoryManager
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.vars.manager import VariableManager
+
+        self.loader = DataLoader()
+        vault_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+        if vault_file:
+            from ansible.parsing.vault import get_file_vault_secret
+
+            secret = get_file_vault_secret(filename=vault_file, loader=self.loader)
+            secret.load()
+            self.loader.set_vault_secrets([("default", secret)])
+        self.manager = InventoryManager(loader=self.loader, sources=[source])
+        self.variables = VariableManager(loader=self.loader, inventory=self.manager)
+
+    def hosts(self, pattern: str) -> list[str]:
+        return [h.name for h in self.manager.get_hosts(pattern)]
+
+    def group(self, name: str) -> list[str]:
+        group = self.manager.groups.get(name)
+        return sorted(h.name for h in group.get_hosts()) if group else []
+
+    @lru_cache(maxsize=None)
+    def vars(self, hostname: str) -> dict[str, Any]:
+        host = self.manager.get_host(hostname)
+        return self.variables.get_vars(host=host, include_hostvars=False)
+
+    def template(self, hostname: str, value: Any) -> Any:
+        from ansible.template import Templar
+
+        return Templar(loader=self.loader, variables=self.vars(hostname)).template(value)
+
+
+@lru_cache(maxsize=None)
+def _inventory(source: str) -> Inventory:
+    return Inventory(source)
+
+
+def _inventory_source(config: pytest.Config) -> str:
+    source = config.getoption("ansible_inventory", default=None)
+    if not source:
+        raise pytest.UsageError(
+            "give the inventory to audit: --ansible-inventory=inventories/<client>/hosts.yml"
+        )
+    return source
+
+
+@lru_cache(maxsize=None)
+def role_defaults(role: str) -> dict[str, Any]:
+    path = ROOT / "roles" / role / "defaults" / "main.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+# ----------------------------------------------------------------------------- host fixtures
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``host`` over the inventory hosts of the suite's AUDITED_GROUP."""
+    if "host" not in metafunc.fixturenames:
+        return
+    inventory = _inventory(_inventory_source(metafunc.config))
+    pattern = getattr(metafunc.module, "AUDITED_GROUP", "cabinet_managed")
+    limit = metafunc.config.getoption("hosts", default=None)
+    names = inventory.hosts(pattern)
+    if limit:
+        wanted = {n for spec in limit for n in inventory.hosts(spec.replace("ansible://", ""))}
+        names = [n for n in names if n in wanted]
+    metafunc.parametrize("host", names, ids=names, indirect=True, scope="module")
+
+
+def connect(inventory: Inventory, name: str) -> testinfra.host.Host:
+    """A testinfra host over the inventory's own connection, natively where testinfra can."""
+    hostvars = inventory.vars(name)
+    connection = hostvars.get("ansible_connection", "ssh")
+    target = hostvars.get("ansible_host", name)
+    if connection in ("podman", "containers.podman.podman"):
+        return testinfra.get_host(f"podman://{target}")
+    if connection == "local":
+        return testinfra.get_host("local://", sudo=os.geteuid() != 0)
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory.manager._sources[0])
+
+
+@pytest.fixture(scope="module")
+def inventory(request: pytest.FixtureRequest) -> Inventory:
+    return _inventory(_inventory_source(request.config))
+
+
+@pytest.fixture(scope="module")
+def host(request: pytest.FixtureRequest, inventory: Inventory) -> testinfra.host.Host:
+    handle = connect(inventory, request.param)
+    handle.inventory_name = request.param
+    return handle
+
+
+@pytest.fixture(scope="module")
+def expect(request: pytest.FixtureRequest, inventory: Inventory, host) -> Callable[[str], Any]:
+    """expect('alerting_relay_port'): the inventory's value for this host, else the role default."""
+    role = getattr(request.module, "ROLE")
+    defaults = role_defaults(role)
+    hostvars = inventory.vars(host.inventory_name)
+
+    def lookup(name: str) -> Any:
+        if name in hostvars:
+            return inventory.template(host.inventory_name, hostvars[name])
+        if name in defaults:
+            return inventory.template(host.inventory_name, defaults[name])
+        raise KeyError(f"{name} is neither in the inventory nor in roles/{role}/defaults/main.yml")
+
+    return lookup
+
+
+@pytest.fixture(scope="module")
+def mailsink(inventory: Inventory) -> "MailSink":
+    names = inventory.group(LAB_MAILSINK_GROUP)
+    if not names:
+        pytest.skip(
+            "needs the lab mail sink (group lab_mailsink): on a real inventory, alerts arrive "
+            "in the MSP's own mailbox, which this suite cannot read or stop"
+        )
+    return MailSink(connect(inventory, names[0]))
+
+
+class MailSink:
+    """The lab's stand-in for the MSP relay: a Maildir the tests read, a service they stop."""
+
+    MAILDIR = "/var/mail/sink"
+
+    def __init__(self, handle: testinfra.host.Host) -> None:
+        self.host = handle
+
+    def messages(self) -> list[dict[str, str]]:
+        script = (
+            "import json, mailbox\n"
+            "from email.header import decode_header, make_header\n"
+            f"box = mailbox.Maildir({self.MAILDIR!r}, create=False)\n"
+            "out = []\n"
+            "for key, msg in box.items():\n"
+            "    out.append({k: str(make_header(decode_header(msg.get(k, '')))) for k in\n"
+            "                ('Subject', 'To', 'From', 'X-RcptTo', 'X-MailFrom', 'X-Cabinet-Practice',\n"
+            "                 'X-Cabinet-Severity', 'X-Cabinet-Host')}\n"
+            "               | {'body': msg.get_payload(decode=True).decode('utf-8', 'replace')\n"
+            "                  if not msg.is_multipart() else ''})\n"
+            "print(json.dumps(out))\n"
+        )
+        result = self.host.run("python3 -c %s", script)
+        assert result.rc == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def wait_for(self, token: str, timeout: float = 90, count: int = 1) -> list[dict[str, str]]:
+        """Messages whose subject holds ``token``, once at least ``count`` have arrived."""
+        deadline = time.monotonic() + timeout
+        found: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            found = [m for m in self.messages() if token in m["Subject"] or token in m["body"]]
+            if len(found) >= count:
+                return found
+            time.sleep(2)
+        return found
+
+    def stop(self) -> None:
+        assert self.host.run("systemctl stop mailsink").rc == 0
+
+    def start(self) -> None:
+        assert self.host.run("systemctl start mailsink").rc == 0
+        for _ in range(30):
+            if self.host.socket("tcp://0.0.0.0:587").is_listening:
+                return
+            time.sleep(1)
+        raise AssertionError("the mail sink did not come back on port 587")
+
+
+# ----------------------------------------------------------------------------- report
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """Per practice and host: how many checks passed, failed or did not apply."""
+    table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    failures: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if not hasattr(report, "nodeid") or report.when not in ("call", "setup"):
+                continue
+            if report.when == "setup" and outcome == "passed":
+                continue
+            module, _, test = report.nodeid.partition("::")
+            practice = Path(module).stem.removeprefix("test_")
+            name, _, target = test.partition("[")
+            key = (practice, target.rstrip("]") or "-")
+            table[key][outcome] += 1
+            if outcome in ("failed", "error"):
+                failures[key].append(name)
+    if not table:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("cabinet-hardening: per practice and host")
+    write(f"{'practice':<18}{'host':<28}{'passed':>8}{'failed':>8}{'n/a':>6}  verdict")
+    for (practice, target), counts in sorted(table.items()):
+        bad = counts["failed"] + counts["error"]
+        verdict = "DRIFT: " + ", ".join(failures[(practice, target)]) if bad else "ok"
+        write(f"{practice:<18}{target:<28}{counts['passed']:>8}{bad:>8}{counts['skipped']:>6}  {verdict}")

@@ -1,0 +1,174 @@
+"""Alerting: every host relays alerts and system mail to the MSP, and loses none.
+
+Expectations come from the inventory (see conftest.py). Tests taking ``mailsink`` prove
+delivery end to end in the lab; on a real host the others audit the configuration and the
+queue's health.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+ROLE = "alerting"
+AUDITED_GROUP = "cabinet_managed"
+ALERT = "/usr/local/sbin/cabinet-alert"
+
+
+def _token() -> str:
+    return f"probe-{uuid.uuid4().hex[:12]}"
+
+
+def _queue(host) -> list[dict]:
+    """Postfix's queue as JSON objects (postqueue -j prints one a line)."""
+    out = host.check_output("postqueue -j")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_postfix_installed_enabled_running(host):
+    assert host.package("postfix").is_installed
+    service = host.service("postfix")
+    assert service.is_enabled
+    assert service.is_running
+
+
+def test_smtp_listens_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:25").is_listening
+    listening = host.socket.get_listening_sockets()
+    exposed = [s for s in listening if s.endswith(":25") and not s.startswith(("tcp://127.", "tcp://[::1]", "unix:"))]
+    assert exposed == [], f"SMTP must not listen beyond loopback: {exposed}"
+
+
+def test_relay_is_the_msp_over_tls(host, expect):
+    postconf = host.check_output("postconf -h relayhost smtp_tls_security_level smtp_tls_wrappermode").splitlines()
+    assert postconf[0] == f"[{expect('alerting_relay_host')}]:{expect('alerting_relay_port')}"
+    assert postconf[1] == ("secure" if expect("alerting_relay_tls_verify") else "encrypt")
+    assert postconf[2] == ("yes" if expect("alerting_relay_tls") == "smtps" else "no")
+
+
+def test_local_mail_is_rewritten_to_the_msp(host, expect):
+    # What Postfix would do with mail for root and for a service account, without sending it.
+    for user in ("root", "clamav"):
+        hostname = host.check_output("postconf -h myhostname")
+        result = host.check_output(f"postmap -q {user}@{hostname} regexp:/etc/postfix/cabinet_local_recipients")
+        assert result == expect("alerting_msp_address")
+    assert host.check_output("postconf -h mydestination") == ""
+
+
+def test_relay_credentials_are_root_only(host, expect):
+    if not expect("alerting_relay_user"):
+        assert not host.file("/etc/postfix/sasl_passwd").exists
+        return
+    creds = host.file("/etc/postfix/sasl_passwd")
+    assert creds.is_file
+    assert creds.user == "root" and creds.group == "root"
+    assert creds.mode == 0o600
+
+
+def test_relay_password_is_in_no_world_readable_file_nor_the_journal(host, expect):
+    password = expect("alerting_relay_password")
+    if not password:
+        pytest.skip("no relay password in this inventory")
+    with host.sudo():
+        leaked = host.run(
+            "find /etc /usr/local /var/log /var/spool/postfix /tmp /root -xdev -type f -perm -o=r "
+            "-size -5M -exec grep -lsF -e %s {} +",
+            password,
+        )
+        assert leaked.stdout.strip() == "", f"world-readable files hold the relay password: {leaked.stdout}"
+        journal = host.run("journalctl --no-pager -q -o cat | grep -cF -e %s", password)
+        assert journal.stdout.strip() == "0", "the relay password appears in the journal"
+
+
+def test_relay_password_never_in_ansible_output(request, expect):
+    password = expect("alerting_relay_password")
+    log = request.config.getoption("ansible_log")
+    if not log:
+        pytest.skip("no Ansible log to audit (give --ansible-log or set ANSIBLE_LOG_PATH)")
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    assert "alerting" in text, f"{log} does not look like the log of an alerting run"
+    assert password not in text, f"the relay password appears in the Ansible output ({log})"
+
+
+def test_flush_timer_is_active(host, expect):
+    timer = host.service("cabinet-mail-flush.timer")
+    assert timer.is_enabled
+    assert timer.is_running
+    unit = host.check_output("systemctl cat cabinet-mail-flush.timer")
+    assert f"OnUnitActiveSec={expect('alerting_flush_interval_minutes')}min" in unit
+
+
+def test_queue_keeps_alerts_for_the_configured_lifetime(host, expect):
+    days = expect("alerting_queue_lifetime_days")
+    assert host.check_output("postconf -h maximal_queue_lifetime") == f"{days}d"
+
+
+def test_no_alert_stuck_in_the_queue(host):
+    """An alert older than two hours still queued means the MSP is not hearing this host."""
+    stale = [m for m in _queue(host) if time.time() - m["arrival_time"] > 7200]
+    assert stale == [], f"alerts stuck in the queue: {[(m['queue_id'], m['recipients']) for m in stale]}"
+
+
+def test_alert_command_refuses_bad_usage(host):
+    result = host.run(f"{ALERT} --practice backup --severity urgent --title x")
+    assert result.rc == 2
+    assert "severity" in result.stderr
+
+
+def test_alert_reaches_the_msp_with_its_subject_and_the_journal(host, expect, mailsink):
+    token = _token()
+    result = host.run(f"{ALERT} --practice backup --severity critical --title %s %s",
+                      f"Sauvegarde échouée {token}", "Détails : disque plein")
+    assert result.rc == 0, result.stderr
+
+    messages = mailsink.wait_for(token)
+    assert len(messages) == 1, f"expected the alert in the sink once, found {len(messages)}"
+    mail = messages[0]
+    hostname = host.check_output("postconf -h myhostname")
+    assert mail["Subject"] == (
+        f"[{expect('alerting_practice_name')}] [CRITICAL] [backup] {hostname}: Sauvegarde échouée {token}"
+    )
+    assert mail["X-RcptTo"] == expect("alerting_msp_address")
+    assert mail["X-Cabinet-Severity"] == "critical"
+    assert "Détails : disque plein" in mail["body"]
+
+    logged = host.check_output("journalctl -q --no-pager -t cabinet-alert CABINET_PRACTICE=backup -o cat")
+    assert token in logged
+
+
+def test_mail_for_root_reaches_the_msp(host, expect, mailsink):
+    token = _token()
+    sent = host.run(f"printf 'Subject: cron output {token}\\n\\nbody\\n' | /usr/sbin/sendmail -oi root")
+    assert sent.rc == 0, sent.stderr
+    messages = mailsink.wait_for(token)
+    assert [m["X-RcptTo"] for m in messages] == [expect("alerting_msp_address")]
+
+
+def test_alert_waits_while_the_relay_is_down_and_arrives_once(host, mailsink):
+    token = _token()
+    mailsink.stop()
+    try:
+        result = host.run(f"{ALERT} -p alerting -s warning -t %s", f"Relay down {token}")
+        assert result.rc == 0, result.stderr
+        # It is in the queue, deferred after a failed attempt, not lost.
+        deferred = []
+        for _ in range(60):
+            deferred = [m for m in _queue(host) if m["queue_name"] == "deferred"]
+            if deferred:
+                break
+            time.sleep(1)
+        assert deferred, "the alert was not kept in the queue while the relay was down"
+        assert mailsink.wait_for(token, timeout=3) == []
+    finally:
+        mailsink.start()
+    # The flush timer's service re-sends it; run it now rather than wait for the timer.
+    assert host.run("systemctl start cabinet-mail-flush.service").rc == 0
+    messages = mailsink.wait_for(token, timeout=90)
+    assert len(messages) == 1
+    time.sleep(5)
+    assert len(mailsink.wait_for(token, timeout=1)) == 1, "the queued alert arrived more than once"
+    assert _queue(host) == [], "the queue still holds mail after the relay came back"
