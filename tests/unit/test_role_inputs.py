@@ -1,0 +1,111 @@
+"""Bad input stops a role before any change, with a message that names the variable.
+
+Each case runs the role against the controller in check mode and with a tag no task has, so
+that only the tasks tagged `always` run: the platform check and the role's validation. A
+validation that failed to stop could therefore still not change this machine. The test
+asserts: the run failed, it failed in the role's validation (its argument specs or its
+"Validate" task), the message names the variable and what was expected, and nothing changed.
+Since tags hide the order of a normal run, another test checks that validation is the first
+thing every role's tasks/main.yml does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOK = ROOT / "tests" / "unit" / "roles" / "validate_role.yml"
+
+GOOD = {
+    "alerting": {
+        "alerting_msp_address": "alertes@msp.example",
+        "alerting_practice_name": "Cabinet de test",
+        "alerting_relay_host": "smtp.msp.example",
+        "alerting_relay_user": "relay",
+        "alerting_relay_password": "a long relay secret",
+    },
+}
+
+CASES = [
+    # role, overrides (None removes the variable), variable named, words expected
+    ("alerting", {"alerting_msp_address": None}, "alerting_msp_address", "required"),
+    ("alerting", {"alerting_msp_address": "msp.example"}, "alerting_msp_address", "expected one address"),
+    ("alerting", {"alerting_msp_address": "Support <it@msp.example>"}, "alerting_msp_address", "expected one address"),
+    ("alerting", {"alerting_from_address": "nobody"}, "alerting_from_address", "expected one address"),
+    ("alerting", {"alerting_relay_port": 70000}, "alerting_relay_port", "1 to 65535"),
+    ("alerting", {"alerting_relay_port": 0}, "alerting_relay_port", "1 to 65535"),
+    ("alerting", {"alerting_relay_port": "smtp"}, "alerting_relay_port", "int"),
+    ("alerting", {"alerting_relay_host": "smtp_msp"}, "alerting_relay_host", "host name"),
+    ("alerting", {"alerting_relay_tls": "none"}, "alerting_relay_tls", "starttls"),
+    ("alerting", {"alerting_relay_password": ""}, "alerting_relay_password", "expected a password"),
+    ("alerting", {"alerting_practice_name": "  "}, "alerting_practice_name", "non-empty"),
+    ("alerting", {"alerting_queue_lifetime_days": 0}, "alerting_queue_lifetime_days", "1 to 100"),
+    ("alerting", {"alerting_relay_tls_ca_cert": "not a pem"}, "alerting_relay_tls_ca_cert", "BEGIN CERTIFICATE"),
+]
+
+
+def run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps({"role_under_test": role, **variables}), encoding="utf-8")
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+    }
+    env.pop("ANSIBLE_STRATEGY", None)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", "localhost,",
+         "--tags", "cabinet-validation-only", str(PLAYBOOK), "-e", f"@{extra}",
+         "-e", f"ansible_python_interpreter={sys.executable}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def recap_changed(output: str) -> int:
+    line = next(l for l in output.splitlines() if l.startswith("localhost") and "changed=" in l)
+    return int(line.split("changed=")[1].split()[0])
+
+
+@pytest.mark.parametrize("role, overrides, variable, words", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp_path):
+    variables = {k: v for k, v in {**GOOD[role], **overrides}.items() if v is not None}
+    done = run_role(role, variables, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, f"the run did not stop:\n{output[-3000:]}"
+    failed_task = [l for l in output.splitlines() if l.startswith("TASK [")][-1]
+    assert "Validat" in failed_task or "argument spec" in failed_task.lower(), \
+        f"it stopped at {failed_task}, not in the validation:\n{output[-3000:]}"
+    assert variable in output and words in output, output[-3000:]
+    assert recap_changed(output) == 0
+
+
+@pytest.mark.parametrize("role", sorted(GOOD))
+def test_good_input_passes_validation(role, tmp_path):
+    """The same harness with good input passes (so the cases above fail for their reason)."""
+    done = run_role(role, GOOD[role], tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
+    assert recap_changed(output) == 0
+
+
+@pytest.mark.parametrize("role", sorted(GOOD))
+def test_validation_comes_first(role):
+    """Argument specs run before the role's tasks; the first task file must be the validation."""
+    import yaml
+
+    tasks = yaml.safe_load((ROOT / "roles" / role / "tasks" / "main.yml").read_text(encoding="utf-8"))
+    first = tasks[0]
+    assert first.get("ansible.builtin.import_tasks") == "validate.yml", first
+    assert "always" in first.get("tags", []), "validation must run whatever tags were asked for"
+    assert (ROOT / "roles" / role / "meta" / "argument_specs.yml").is_file()
