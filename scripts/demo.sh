@@ -20,7 +20,7 @@ case "${1:-up}" in
     echo "==> site.yml took $(( $(date +%s) - start )) s; tasks changed: ${changed:-0}"
     echo "==> Auditing the demo practice with tests/integration"
     rc=0
-    pytest -p no:cacheprovider -q -rfE --ansible-inventory="$inventory" tests/integration \
+    pytest -p no:cacheprovider -q -rfE --ansible-inventory="$inventory" --ansible-log=build/demo-site.log tests/integration \
       > build/demo-audit.log 2>&1 || rc=$?
     sed -n '/per practice and host/,$p' build/demo-audit.log
     if [ "$rc" -ne 0 ]; then

@@ -109,3 +109,14 @@ def test_validation_comes_first(role):
     assert first.get("ansible.builtin.import_tasks") == "validate.yml", first
     assert "always" in first.get("tags", []), "validation must run whatever tags were asked for"
     assert (ROOT / "roles" / role / "meta" / "argument_specs.yml").is_file()
+
+
+def test_unsupported_platform_stops_before_any_change(tmp_path):
+    """The controller is Debian 12: declare only Debian 11 supported and the run must stop."""
+    done = run_role("alerting", {**GOOD["alerting"], "cabinet_preflight_supported_platforms": {"Debian": ["11"]}},
+                    tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "Stop on an unsupported platform" in [l for l in output.splitlines() if l.startswith("TASK [")][-1]
+    assert "cabinet-hardening supports Debian 11 only" in output, output[-3000:]
+    assert recap_changed(output) == 0
