@@ -61,6 +61,18 @@ def email_address_problem(value: object) -> str:
     return ""
 
 
+def regex_problem(value: object) -> str:
+    """Return why ``value`` is not a usable Python regular expression, or '' when it is."""
+    text = _require_str(value, "regex_problem")
+    if not text.strip():
+        return "expected a regular expression, got an empty value"
+    try:
+        re.compile(text)
+    except re.error as exc:
+        return f"{text!r} is not a valid regular expression ({exc})"
+    return ""
+
+
 class FilterModule:
     """cabinet-hardening input validation filters."""
 
@@ -68,4 +80,5 @@ class FilterModule:
         return {
             "email_address_problem": email_address_problem,
             "hostname_problem": hostname_problem,
+            "regex_problem": regex_problem,
         }

@@ -96,6 +96,13 @@ def role_defaults(role: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
+@lru_cache(maxsize=None)
+def role_vars(role: str) -> dict[str, Any]:
+    """A role's internal constants (vars/main.yml), such as tables of release dates."""
+    path = ROOT / "roles" / role / "vars" / "main.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
 # ----------------------------------------------------------------------------- host fixtures
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``host`` over the inventory hosts of the suite's AUDITED_GROUP."""
@@ -150,6 +157,18 @@ def expect(request: pytest.FixtureRequest, inventory: Inventory, host) -> Callab
         raise KeyError(f"{name} is neither in the inventory nor in roles/{role}/defaults/main.yml")
 
     return lookup
+
+
+@pytest.fixture(scope="module")
+def lab(inventory: Inventory, host) -> testinfra.host.Host:
+    """The host, when the inventory marks it as a lab machine (cabinet_lab: true).
+
+    Tests that install packages, publish repositories or fake a pending reboot take this
+    fixture: they prove outcomes in Molecule and the demo, never on a client's machine.
+    """
+    if not inventory.vars(host.inventory_name).get("cabinet_lab", False):
+        pytest.skip("changes the host to prove an outcome: runs only on lab hosts (cabinet_lab: true)")
+    return host
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,17 @@ def test_bad_hostnames(name, fragment):
 
 def test_filters_are_registered():
     assert set(FilterModule().filters()) >= {"email_address_problem", "hostname_problem"}
+
+
+@pytest.mark.parametrize("pattern", ["^postgresql-", "libc6$", r"xen-(system|utils)-\d"])
+def test_good_regexes(pattern):
+    from cabinet_validation import regex_problem
+
+    assert regex_problem(pattern) == ""
+
+
+@pytest.mark.parametrize("pattern, fragment", [("", "empty"), ("   ", "empty"), ("libc6[", "not a valid"), ("(a", "not a valid")])
+def test_bad_regexes(pattern, fragment):
+    from cabinet_validation import regex_problem
+
+    assert fragment in regex_problem(pattern)

@@ -1,0 +1,62 @@
+#!/bin/bash
+# Lab helper for tests/integration/test_auto_updates.py: signed local apt repositories with a
+# throwaway GPG key. Copied to and run on a lab host only.
+#   cabinet-test-repo.sh init
+#   cabinet-test-repo.sh publish trusted|untrusted PACKAGE VERSION [failing]
+#   cabinet-test-repo.sh clean
+set -euo pipefail
+top=/srv/cabinet-test-repo
+export GNUPGHOME=$top/gnupg
+
+index() {   # index REPO ORIGIN
+  local repo=$1 origin=$2
+  (cd "$top/$repo" &&
+   apt-ftparchive packages . > Packages &&
+   apt-ftparchive -o "APT::FTPArchive::Release::Origin=$origin" -o "APT::FTPArchive::Release::Label=$origin" \
+     -o APT::FTPArchive::Release::Suite=cabinet-test -o APT::FTPArchive::Release::Codename=cabinet-test \
+     release . > Release &&
+   rm -f InRelease && gpg --batch --yes --clearsign -o InRelease Release)
+}
+
+case $1 in
+  init)
+    command -v apt-ftparchive >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q apt-utils >/dev/null
+    command -v gpg >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q gpg >/dev/null
+    rm -rf "$top"; mkdir -p "$top/trusted" "$top/untrusted" "$GNUPGHOME"; chmod 700 "$GNUPGHOME"
+    gpg --batch --passphrase '' --quick-gen-key 'cabinet-hardening test repository <test@cabinet.invalid>' rsa2048 sign never 2>/dev/null
+    gpg --export > "$top/key.gpg"
+    chmod -R a+rX "$top"; chmod 700 "$GNUPGHOME"
+    index trusted CabinetTest; index untrusted CabinetUntrusted
+    cat > /etc/apt/sources.list.d/cabinet-test.list <<LIST
+deb [signed-by=$top/key.gpg] file:$top/trusted ./
+deb [signed-by=$top/key.gpg] file:$top/untrusted ./
+LIST
+    ;;
+  publish)
+    repo=$2 pkg=$3 version=$4 failing=${5:-}
+    build=$(mktemp -d); mkdir -p "$build/DEBIAN" "$build/usr/share/doc/$pkg"
+    echo "$pkg $version" > "$build/usr/share/doc/$pkg/VERSION"
+    cat > "$build/DEBIAN/control" <<CONTROL
+Package: $pkg
+Version: $version
+Architecture: all
+Maintainer: cabinet-hardening tests <test@cabinet.invalid>
+Priority: optional
+Section: misc
+Description: cabinet-hardening test package
+CONTROL
+    if [ "$failing" = failing ]; then
+      printf '#!/bin/sh\necho "cabinet test: this postinst fails on purpose" >&2\nexit 1\n' > "$build/DEBIAN/postinst"
+      chmod 755 "$build/DEBIAN/postinst"
+    fi
+    dpkg-deb --root-owner-group --build "$build" "$top/$repo/${pkg}_${version}_all.deb" >/dev/null
+    rm -rf "$build"
+    if [ "$repo" = trusted ]; then index trusted CabinetTest; else index untrusted CabinetUntrusted; fi
+    chmod -R a+rX "$top/$repo"
+    ;;
+  clean)
+    for p in $(dpkg-query -W -f '${Package}\n' 'cabinet-test-*' 2>/dev/null); do dpkg --purge --force-all "$p" >/dev/null 2>&1 || :; done
+    rm -rf "$top" /etc/apt/sources.list.d/cabinet-test.list
+    ;;
+  *) echo "usage: $0 init|publish|clean" >&2; exit 2 ;;
+esac

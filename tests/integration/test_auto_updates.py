@@ -1,0 +1,253 @@
+"""Automatic security updates: configured as the inventory says, and proven to install.
+
+Audit checks (any host): what unattended-upgrades may install, the schedule, the reboot
+window, needrestart, fresh package lists, no security update left pending, a supported
+release. Lab checks (cabinet_lab: true): signed local repositories are built on the host, a
+package is upgraded by the real apt-daily-upgrade.service, a blacklisted one and one from a
+foreign origin are not, a failing upgrade and a pending reboot reach the mail sink.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import role_vars
+
+ROLE = "auto_updates"
+AUDITED_GROUP = "cabinet_managed"
+HELPER = Path(__file__).parent / "files" / "cabinet-test-repo.sh"
+SECURITY = "origin=Debian,codename=${distro_codename}-security,label=Debian-Security"
+POINT = "origin=Debian,codename=${distro_codename},label=Debian"
+UPDATES = "origin=Debian,codename=${distro_codename}-updates"
+
+
+def apt_list(host, key: str) -> list[str]:
+    """The values of an apt list option as apt itself resolves every apt.conf.d file."""
+    out = host.check_output(f"apt-config dump {key}")
+    prefix = f"{key}:: "
+    return [line[len(prefix):].strip('";') for line in out.splitlines() if line.startswith(prefix)]
+
+
+def apt_value(host, key: str) -> str:
+    return host.check_output(f"apt-config shell V {key}; printf %s \"$V\"")
+
+
+def timer_calendar(host, unit: str) -> str:
+    return host.check_output(f"systemctl show -p TimersCalendar --value {unit}")
+
+
+# ----------------------------------------------------------------------------- audit
+def test_unattended_upgrades_installed(host):
+    for package in ("unattended-upgrades", "python3-apt"):
+        assert host.package(package).is_installed
+
+
+def test_only_the_configured_origins_are_allowed(host, expect):
+    """Debian's 50unattended-upgrades must not widen what the role configured."""
+    wanted = [SECURITY]
+    if expect("auto_updates_point_releases_enabled"):
+        wanted.append(POINT)
+    if expect("auto_updates_updates_origin_enabled"):
+        wanted.append(UPDATES)
+    wanted += expect("auto_updates_extra_origins")
+    assert apt_list(host, "Unattended-Upgrade::Origins-Pattern") == wanted
+    assert apt_list(host, "Unattended-Upgrade::Allowed-Origins") == []
+    assert not any("stable" in o.split("codename=")[-1].split(",")[0] for o in wanted if "codename=" in o)
+
+
+def test_blacklist_and_behaviour(host, expect):
+    assert apt_list(host, "Unattended-Upgrade::Package-Blacklist") == expect("auto_updates_package_blacklist")
+    assert apt_value(host, "Unattended-Upgrade::MinimalSteps") == str(expect("auto_updates_minimal_steps")).lower()
+    assert apt_value(host, "Unattended-Upgrade::AutoFixInterruptedDpkg") == \
+        str(expect("auto_updates_autofix_interrupted_dpkg")).lower()
+    assert apt_value(host, "Unattended-Upgrade::Remove-Unused-Kernel-Packages") == \
+        str(expect("auto_updates_remove_unused_kernels")).lower()
+    assert apt_value(host, "APT::Periodic::Unattended-Upgrade") == "1"
+    assert apt_value(host, "Unattended-Upgrade::Automatic-Reboot") == "false"
+
+
+def test_downloads_and_upgrades_run_at_night(host, expect):
+    for unit, time_var in (("apt-daily.timer", "auto_updates_download_time"),
+                           ("apt-daily-upgrade.timer", "auto_updates_upgrade_time")):
+        service = host.service(unit)
+        assert service.is_enabled and service.is_running, unit
+        calendar = timer_calendar(host, unit)
+        assert f"OnCalendar=*-*-* {expect(time_var)}:00" in calendar, calendar
+        assert "6:00" not in calendar.replace(f"{expect(time_var)}", ""), f"Debian's default time survived: {calendar}"
+        delay = host.check_output(f"systemctl show -p RandomizedDelayUSec --value {unit}")
+        assert delay == (f"{expect('auto_updates_random_delay_minutes')}min" if expect("auto_updates_random_delay_minutes") else "0")
+
+
+def test_upgrade_runs_through_the_alerting_wrapper(host):
+    exec_start = host.check_output("systemctl show -p ExecStart --value apt-daily-upgrade.service")
+    assert "/usr/local/sbin/cabinet-updates" in exec_start and "upgrade" in exec_start
+    assert "apt.systemd.daily" not in exec_start
+
+
+def test_reboot_window(host, expect):
+    timer = host.service("cabinet-reboot.timer")
+    if expect("auto_updates_reboot_enabled"):
+        assert timer.is_enabled and timer.is_running
+        assert f"OnCalendar=*-*-* {expect('auto_updates_reboot_time')}:00" in timer_calendar(host, "cabinet-reboot.timer")
+    else:
+        assert not timer.is_enabled
+    settings = json.loads(host.file("/etc/cabinet/auto_updates.json").content_string)
+    assert settings["reboot_command"] == expect("auto_updates_reboot_command")
+    assert settings["reboot_enabled"] == expect("auto_updates_reboot_enabled")
+
+
+def test_daily_health_check_is_scheduled(host, expect):
+    timer = host.service("cabinet-updates-check.timer")
+    assert timer.is_enabled and timer.is_running
+    assert f"OnCalendar=*-*-* {expect('auto_updates_check_time')}:00" in timer_calendar(host, "cabinet-updates-check.timer")
+
+
+def test_needrestart_restarts_services(host, expect):
+    if not expect("auto_updates_needrestart_enabled"):
+        pytest.skip("needrestart disabled in this inventory")
+    assert host.package("needrestart").is_installed
+    conf = host.file("/etc/needrestart/conf.d/cabinet.conf").content_string
+    assert f"$nrconf{{restart}} = '{expect('auto_updates_needrestart_mode')}';" in conf
+
+
+def test_package_lists_refresh(host, expect):
+    stamp = host.file("/var/lib/cabinet/apt-update-success")
+    assert stamp.exists, "apt has never refreshed its lists since the role was applied"
+    age_hours = (time.time() - stamp.mtime.timestamp()) / 3600
+    assert age_hours <= expect("auto_updates_lists_max_age_hours"), f"lists last refreshed {age_hours:.0f} h ago"
+
+
+def test_no_security_update_pending_too_long(host, expect):
+    state_file = host.file("/var/lib/cabinet/auto_updates-state.json")
+    if not state_file.exists:
+        return  # the daily check has not run yet: nothing has been seen pending
+    pending = json.loads(state_file.content_string).get("pending_security", {})
+    limit = expect("auto_updates_pending_security_max_days") * 86400
+    overdue = [p for p, first in pending.items() if time.time() - first > limit]
+    assert overdue == [], f"security updates pending too long: {overdue}"
+
+
+def test_release_still_receives_security_updates(host):
+    release = host.system_info.release.split(".")[0]
+    table = role_vars(ROLE)["__auto_updates_debian_releases"]
+    assert release in table, f"Debian {release} is not in the role's release table"
+    assert dt.date.today() <= dt.date.fromisoformat(table[release]["lts_end"]), \
+        f"Debian {release} is past its end of life ({table[release]['lts_end']})"
+
+
+# ----------------------------------------------------------------------------- lab
+@pytest.fixture(scope="module")
+def repo(lab):
+    """Signed local repositories on the lab host; removed afterwards."""
+    encoded = base64.b64encode(HELPER.read_bytes()).decode()
+    lab.check_output(f"echo {encoded} | base64 -d > /usr/local/sbin/cabinet-test-repo && chmod 755 /usr/local/sbin/cabinet-test-repo")
+    lab.run("cabinet-test-repo clean")
+    init = lab.run("cabinet-test-repo init")
+    assert init.rc == 0, init.stderr
+
+    def publish(repo_name: str, package: str, version: str, failing: bool = False) -> None:
+        result = lab.run(f"cabinet-test-repo publish {repo_name} {package} {version} {'failing' if failing else ''}")
+        assert result.rc == 0, result.stderr
+
+    yield publish
+    lab.run("cabinet-test-repo clean && apt-get update -q")
+
+
+def installed_version(host, package: str) -> str:
+    return host.check_output(f"dpkg-query -W -f '${{Version}}' {package}")
+
+
+def apt_update(host) -> None:
+    result = host.run("apt-get update -q")
+    assert result.rc == 0 and "Err:" not in result.stdout, result.stdout + result.stderr
+
+
+def test_allowed_update_installs_blacklisted_and_foreign_do_not(lab, repo, mailsink):
+    for repo_name, package in (("trusted", "cabinet-test-pkg"), ("trusted", "cabinet-test-held"),
+                               ("untrusted", "cabinet-test-foreign")):
+        repo(repo_name, package, "1.0")
+    apt_update(lab)
+    installed = lab.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                        "cabinet-test-pkg=1.0 cabinet-test-held=1.0 cabinet-test-foreign=1.0")
+    assert installed.rc == 0, installed.stderr
+    for repo_name, package in (("trusted", "cabinet-test-pkg"), ("trusted", "cabinet-test-held"),
+                               ("untrusted", "cabinet-test-foreign")):
+        repo(repo_name, package, "2.0")
+    apt_update(lab)
+    assert lab.run("apt-get -s upgrade | grep -c '^Inst cabinet-test-'").stdout.strip() == "3"
+
+    run = lab.run("systemctl start apt-daily-upgrade.service")
+    log = lab.run("journalctl -q --no-pager -u apt-daily-upgrade.service -n 80 -o cat").stdout
+    assert run.rc == 0, f"the upgrade service failed:\n{log}"
+    assert installed_version(lab, "cabinet-test-pkg") == "2.0", log
+    assert installed_version(lab, "cabinet-test-held") == "1.0", "a blacklisted package was upgraded"
+    assert installed_version(lab, "cabinet-test-foreign") == "1.0", "a package from a foreign origin was upgraded"
+
+
+def test_failing_upgrade_reaches_the_msp(lab, repo, mailsink):
+    hostname = lab.check_output("postconf -h myhostname")
+    before = len([m for m in mailsink.messages() if "Automatic upgrade failed" in m["Subject"] and hostname in m["Subject"]])
+    repo("trusted", "cabinet-test-broken", "1.0")
+    apt_update(lab)
+    assert lab.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q cabinet-test-broken=1.0").rc == 0
+    repo("trusted", "cabinet-test-broken", "2.0", failing=True)
+    apt_update(lab)
+
+    run = lab.run("systemctl start apt-daily-upgrade.service")
+    assert run.rc != 0, "the upgrade service should fail when a package's postinst fails"
+    deadline = time.monotonic() + 90
+    found = []
+    while time.monotonic() < deadline:
+        found = [m for m in mailsink.messages() if "Automatic upgrade failed" in m["Subject"] and hostname in m["Subject"]]
+        if len(found) > before:
+            break
+        time.sleep(2)
+    assert len(found) == before + 1, "no alert reached the MSP for the failed upgrade"
+    assert "[CRITICAL] [auto_updates]" in found[-1]["Subject"]
+    assert "cabinet-test-broken" in found[-1]["body"]
+    lab.run("dpkg --purge --force-all cabinet-test-broken")
+
+
+def test_pending_reboot_alerts_and_the_window_would_reboot(lab, expect, mailsink):
+    if not expect("auto_updates_reboot_enabled"):
+        pytest.skip("automatic reboots disabled in this inventory")
+    lab.run("rm -f /var/lib/cabinet/reboot-requested /var/lib/cabinet/auto_updates-state.json")
+    lab.check_output("echo '*** System restart required ***' > /run/reboot-required && "
+                     "echo cabinet-test-kernel > /run/reboot-required.pkgs")
+    try:
+        hostname = lab.check_output("postconf -h myhostname")
+        assert lab.run("systemctl start cabinet-updates-check.service").rc == 0
+        alerts = mailsink.wait_for("Reboot required to finish security updates", timeout=90)
+        mine = [m for m in alerts if hostname in m["Subject"]]
+        assert mine, "no pending-reboot alert reached the MSP"
+        assert "cabinet-test-kernel" in mine[-1]["body"]
+        assert expect("auto_updates_reboot_time") in mine[-1]["body"]
+
+        # The window's own unit, as its timer would start it. In a container it records the
+        # command instead of running it; on a real host this is the reboot.
+        assert lab.run("systemctl start cabinet-reboot.service").rc == 0
+        flag = lab.file("/var/lib/cabinet/reboot-requested")
+        assert flag.exists, "the reboot window did not act on the pending reboot"
+        assert flag.content_string.strip().endswith(expect("auto_updates_reboot_command"))
+    finally:
+        lab.run("rm -f /run/reboot-required /run/reboot-required.pkgs /var/lib/cabinet/reboot-requested")
+
+
+def test_stale_lists_raise_an_alert(lab, mailsink):
+    hostname = lab.check_output("postconf -h myhostname")
+    lab.run("rm -f /var/lib/cabinet/auto_updates-state.json")
+    lab.check_output("touch -d '5 days ago' /var/lib/cabinet/apt-update-success")
+    try:
+        assert lab.run("systemctl start cabinet-updates-check.service").rc == 0
+        alerts = [m for m in mailsink.wait_for("Package lists cannot be refreshed", timeout=90) if hostname in m["Subject"]]
+        assert alerts, "stale package lists raised no alert"
+    finally:
+        apt_update(lab)
+    assert (time.time() - lab.file("/var/lib/cabinet/apt-update-success").mtime.timestamp()) < 600, \
+        "a successful apt-get update did not refresh the stamp"
