@@ -54,7 +54,7 @@ lint: venv ## yamllint and ansible-lint (production profile)
 	@echo "==> ansible-lint"; ansible-lint --offline
 
 unit: venv ## pytest tests/unit
-	@echo "==> unit tests"; pytest -q -p no:cacheprovider tests/unit
+	@echo "==> unit tests"; pytest -q -p no:cacheprovider -n 2 tests/unit
 
 molecule: setup ## Every Molecule scenario, on Debian 12 and 13, with a summary
 	@bash scripts/molecule-all.sh $(SCENARIOS)

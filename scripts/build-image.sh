@@ -49,6 +49,10 @@ done
 echo "   [$suite] apt-get update"
 cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 chroot "$rootfs" apt-get update -q 2>&1 | sed -un "/^\(Get\|Err\|W:\|E:\)/s/^/   [$suite] /p"
+# The installer takes security updates at install time; so does the image.
+echo "   [$suite] apt-get upgrade (security and point-release updates)"
+chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 upgrade 2>&1 \
+  | sed -un "/^\(Inst\|Setting up\|W:\|E:\)/s/^/   [$suite] /p"
 rm -f "$rootfs"/var/cache/apt/archives/*.deb "$rootfs/etc/resolv.conf"
 
 echo "==> Importing $image"

@@ -231,6 +231,23 @@ class MailSink:
         raise AssertionError("the mail sink did not come back on port 587")
 
 
+def run_unit(handle: testinfra.host.Host, unit: str, timeout: float = 900) -> str:
+    """Start a oneshot unit as its timer would and wait for it; return systemd's Result.
+
+    `systemctl start` would wait too, but an upgrade may restart D-Bus under it and cut the
+    client off; polling survives that. Result is "success", "exit-code", and so on.
+    """
+    handle.check_output(f"systemctl reset-failed {unit} 2>/dev/null; systemctl start --no-block {unit}")
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        state = handle.run(f"systemctl show -p ActiveState --value {unit}").stdout.strip()
+        if state in ("inactive", "failed"):
+            return handle.check_output(f"systemctl show -p Result --value {unit}")
+    raise AssertionError(f"{unit} still {state} after {timeout} s")
+
+
 # ----------------------------------------------------------------------------- report
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
     """Per practice and host: how many checks passed, failed or did not apply."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import role_vars
+from conftest import role_vars, run_unit
 
 ROLE = "auto_updates"
 AUDITED_GROUP = "cabinet_managed"
@@ -35,7 +35,7 @@ def apt_list(host, key: str) -> list[str]:
 
 
 def apt_value(host, key: str) -> str:
-    return host.check_output(f"apt-config shell V {key}; printf %s \"$V\"")
+    return host.check_output(f"eval \"$(apt-config shell V {key})\"; printf %s \"$V\"")
 
 
 def timer_calendar(host, unit: str) -> str:
@@ -182,9 +182,9 @@ def test_allowed_update_installs_blacklisted_and_foreign_do_not(lab, repo, mails
     apt_update(lab)
     assert lab.run("apt-get -s upgrade | grep -c '^Inst cabinet-test-'").stdout.strip() == "3"
 
-    run = lab.run("systemctl start apt-daily-upgrade.service")
+    result = run_unit(lab, "apt-daily-upgrade.service")
     log = lab.run("journalctl -q --no-pager -u apt-daily-upgrade.service -n 80 -o cat").stdout
-    assert run.rc == 0, f"the upgrade service failed:\n{log}"
+    assert result == "success", f"the upgrade service failed ({result}):\n{log}"
     assert installed_version(lab, "cabinet-test-pkg") == "2.0", log
     assert installed_version(lab, "cabinet-test-held") == "1.0", "a blacklisted package was upgraded"
     assert installed_version(lab, "cabinet-test-foreign") == "1.0", "a package from a foreign origin was upgraded"
@@ -199,8 +199,8 @@ def test_failing_upgrade_reaches_the_msp(lab, repo, mailsink):
     repo("trusted", "cabinet-test-broken", "2.0", failing=True)
     apt_update(lab)
 
-    run = lab.run("systemctl start apt-daily-upgrade.service")
-    assert run.rc != 0, "the upgrade service should fail when a package's postinst fails"
+    result = run_unit(lab, "apt-daily-upgrade.service")
+    assert result == "exit-code", f"the upgrade service should fail when a postinst fails, got {result}"
     deadline = time.monotonic() + 90
     found = []
     while time.monotonic() < deadline:
@@ -222,7 +222,7 @@ def test_pending_reboot_alerts_and_the_window_would_reboot(lab, expect, mailsink
                      "echo cabinet-test-kernel > /run/reboot-required.pkgs")
     try:
         hostname = lab.check_output("postconf -h myhostname")
-        assert lab.run("systemctl start cabinet-updates-check.service").rc == 0
+        assert run_unit(lab, "cabinet-updates-check.service") == "success"
         alerts = mailsink.wait_for("Reboot required to finish security updates", timeout=90)
         mine = [m for m in alerts if hostname in m["Subject"]]
         assert mine, "no pending-reboot alert reached the MSP"
@@ -231,7 +231,7 @@ def test_pending_reboot_alerts_and_the_window_would_reboot(lab, expect, mailsink
 
         # The window's own unit, as its timer would start it. In a container it records the
         # command instead of running it; on a real host this is the reboot.
-        assert lab.run("systemctl start cabinet-reboot.service").rc == 0
+        assert run_unit(lab, "cabinet-reboot.service") == "success"
         flag = lab.file("/var/lib/cabinet/reboot-requested")
         assert flag.exists, "the reboot window did not act on the pending reboot"
         assert flag.content_string.strip().endswith(expect("auto_updates_reboot_command"))
@@ -244,7 +244,7 @@ def test_stale_lists_raise_an_alert(lab, mailsink):
     lab.run("rm -f /var/lib/cabinet/auto_updates-state.json")
     lab.check_output("touch -d '5 days ago' /var/lib/cabinet/apt-update-success")
     try:
-        assert lab.run("systemctl start cabinet-updates-check.service").rc == 0
+        assert run_unit(lab, "cabinet-updates-check.service") == "success"
         alerts = [m for m in mailsink.wait_for("Package lists cannot be refreshed", timeout=90) if hostname in m["Subject"]]
         assert alerts, "stale package lists raised no alert"
     finally:

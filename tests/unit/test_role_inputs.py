@@ -22,14 +22,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "tests" / "unit" / "roles" / "validate_role.yml"
 
+ALERTING = {
+    "alerting_msp_address": "alertes@msp.example",
+    "alerting_practice_name": "Cabinet de test",
+    "alerting_relay_host": "smtp.msp.example",
+    "alerting_relay_user": "relay",
+    "alerting_relay_password": "a long relay secret",
+}
 GOOD = {
-    "alerting": {
-        "alerting_msp_address": "alertes@msp.example",
-        "alerting_practice_name": "Cabinet de test",
-        "alerting_relay_host": "smtp.msp.example",
-        "alerting_relay_user": "relay",
-        "alerting_relay_password": "a long relay secret",
-    },
+    "alerting": ALERTING,
+    # auto_updates depends on alerting, whose variables it therefore needs too.
+    "auto_updates": {**ALERTING, "auto_updates_extra_origins": ["origin=MSP,label=MSP tools"],
+                     "auto_updates_package_blacklist": ["^postgresql-"]},
 }
 
 CASES = [
@@ -47,6 +51,18 @@ CASES = [
     ("alerting", {"alerting_practice_name": "  "}, "alerting_practice_name", "non-empty"),
     ("alerting", {"alerting_queue_lifetime_days": 0}, "alerting_queue_lifetime_days", "1 to 100"),
     ("alerting", {"alerting_relay_tls_ca_cert": "not a pem"}, "alerting_relay_tls_ca_cert", "BEGIN CERTIFICATE"),
+    ("auto_updates", {"auto_updates_reboot_time": "3:30"}, "auto_updates_reboot_time", "expected HH:MM"),
+    ("auto_updates", {"auto_updates_reboot_time": "24:00"}, "auto_updates_reboot_time", "expected HH:MM"),
+    ("auto_updates", {"auto_updates_upgrade_time": "02h00"}, "auto_updates_upgrade_time", "expected HH:MM"),
+    ("auto_updates", {"auto_updates_extra_origins": ["Debian-Security"]}, "auto_updates_extra_origins", "key=value"),
+    ("auto_updates", {"auto_updates_extra_origins": ["origin=MSP,flavour=x"]}, "auto_updates_extra_origins", "key=value"),
+    ("auto_updates", {"auto_updates_extra_origins": "origin=MSP"}, "auto_updates_extra_origins", "expected a YAML list"),
+    ("auto_updates", {"auto_updates_package_blacklist": "^libc6$"}, "auto_updates_package_blacklist", "expected a YAML list"),
+    ("auto_updates", {"auto_updates_package_blacklist": ["libc6["]}, "auto_updates_package_blacklist", "not a valid"),
+    ("auto_updates", {"auto_updates_needrestart_mode": "i"}, "auto_updates_needrestart_mode", "a, l"),
+    ("auto_updates", {"auto_updates_reboot_command": "reboot"}, "auto_updates_reboot_command", "absolute"),
+    ("auto_updates", {"auto_updates_pending_security_max_days": 0}, "auto_updates_pending_security_max_days", "1 to 60"),
+    ("auto_updates", {"auto_updates_random_delay_minutes": -5}, "auto_updates_random_delay_minutes", "0 to 240"),
 ]
 
 

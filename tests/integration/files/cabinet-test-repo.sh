@@ -21,9 +21,9 @@ index() {   # index REPO ORIGIN
 case $1 in
   init)
     command -v apt-ftparchive >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q apt-utils >/dev/null
-    command -v gpg >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q gpg >/dev/null
+    command -v gpg-agent >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q gpg gpg-agent >/dev/null
     rm -rf "$top"; mkdir -p "$top/trusted" "$top/untrusted" "$GNUPGHOME"; chmod 700 "$GNUPGHOME"
-    gpg --batch --passphrase '' --quick-gen-key 'cabinet-hardening test repository <test@cabinet.invalid>' rsa2048 sign never 2>/dev/null
+    gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'cabinet-hardening test repository <test@cabinet.invalid>' rsa2048 sign never
     gpg --export > "$top/key.gpg"
     chmod -R a+rX "$top"; chmod 700 "$GNUPGHOME"
     index trusted CabinetTest; index untrusted CabinetUntrusted
