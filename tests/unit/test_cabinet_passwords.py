@@ -1,0 +1,126 @@
+"""Unit tests for filter_plugins/cabinet_passwords.py (CNIL 2022-100 / ANSSI PG-078 method)."""
+
+import math
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from cabinet_passwords import (FilterModule, password_entropy, password_weaknesses, policy_entropy,
+                               secret_problem)
+
+
+@pytest.mark.parametrize("password, alphabet", [
+    ("abcdefgh", 26),
+    ("ABCDEFGH", 26),
+    ("12345678", 10),
+    ("abcdEFGH", 52),
+    ("abcdEF12", 62),
+    ("abcdEF1!", 99),
+    ("éèàçùâêî", 32),
+    ("aé", 58),
+    ("a b", 63),          # a space is a special character
+])
+def test_entropy_is_length_times_log2_of_the_classes_used(password, alphabet):
+    assert password_entropy(password) == round(len(password) * math.log2(alphabet), 1)
+
+
+def test_cnil_examples():
+    # CNIL 2022-100: 12 characters of the four classes, or 14 of upper, lower and digits: 80 bits.
+    assert round(password_entropy("Tr0ub4dor&3x")) == 80
+    assert round(password_entropy("Tr0ub4dor3xQz")) < 80 < round(password_entropy("Tr0ub4dor3xQzW"))
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_empty_has_no_entropy(value):
+    assert password_entropy(value) == 0.0
+
+
+def test_very_long_and_unicode():
+    assert password_entropy("a" * 10_000) == round(10_000 * math.log2(26), 1)
+    assert password_entropy("日本語のパスワード") == round(9 * math.log2(32), 1)
+    # Composed and decomposed accents count the same.
+    assert password_entropy("e\u0301t\u00e9") == password_entropy("\u00e9t\u00e9")
+
+
+def test_entropy_refuses_non_strings():
+    with pytest.raises(AnsibleFilterError):
+        password_entropy(12345)
+
+
+@pytest.mark.parametrize("minlen, minclass, expected_alphabet", [
+    (12, 4, 99),     # digits + lower + upper + special
+    (14, 3, 62),     # digits + lower + upper (the smallest three)
+    (20, 1, 10),     # one class: digits only is guaranteed
+    (20, 0, 10),     # nothing required: digits only is guaranteed
+    (16, 2, 36),     # digits + one letter case
+])
+def test_policy_entropy_takes_the_smallest_classes(minlen, minclass, expected_alphabet):
+    assert policy_entropy(minlen, minclass) == round(minlen * math.log2(expected_alphabet), 1)
+
+
+def test_policy_entropy_counts_negative_credits_as_required():
+    # minclass 1 but special required by ocredit=-1 and upper by ucredit=-1.
+    assert policy_entropy(12, 1, ocredit=-1, ucredit=-1) == round(12 * math.log2(37 + 26), 1)
+
+
+def test_cnil_policies_reach_80_bits():
+    assert round(policy_entropy(12, 4)) >= 80
+    assert round(policy_entropy(14, 3)) >= 80
+    assert round(policy_entropy(12, 3)) < 80
+    assert round(policy_entropy(8, 4)) < 80
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0, 4), "at least 1"),
+    ((12, 5), "0 to 4"),
+    ((12, "four"), "whole numbers"),
+    ((12, 4, 1), "positive credits"),
+])
+def test_policy_entropy_refuses_bad_policies(args, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        policy_entropy(*args)
+
+
+@pytest.mark.parametrize("secret, fragment", [
+    ("", "empty"),
+    ("P@ssw0rd-2026!x", "common word 'password'"),
+    ("Azertyuiop!987", "keyboard walk"),
+    ("xK9#abcdefgh!Q", "sequence or keyboard walk 'abcdefgh'"),
+    ("Qz8!Qz8!Qz8!Qz8!", "one short pattern repeated"),
+    ("Vq7#mmmmmmWk2$p", "repeats one character"),
+    ("replace me with the relay account's password", "placeholder"),
+    ("MotDePasse_Cabinet42", "common word"),
+])
+def test_weaknesses_say_why(secret, fragment):
+    found = password_weaknesses(secret)
+    assert any(fragment in reason for reason in found), found
+
+
+def test_weaknesses_use_the_practice_context():
+    found = password_weaknesses("Tilleuls#Vq7mWk2$p", ["Cabinet médical des Tilleuls", "srv-tilleuls"])
+    assert any("tilleuls" in reason for reason in found), found
+    assert password_weaknesses("Vq7#mWk2$pLx9@rT", ["Cabinet médical des Tilleuls"]) == []
+
+
+def test_strong_random_secret_has_no_weakness():
+    assert password_weaknesses("Vq7#mWk2$pLx9@rT") == []
+    assert password_weaknesses("correct cheval agrafe batterie rouge") == []
+
+
+def test_secret_problem_names_the_variable_and_never_the_secret():
+    secret = "short1"
+    problem = secret_problem(secret, "backup_passphrase")
+    assert problem.startswith("backup_passphrase: too weak")
+    assert secret not in problem
+    assert secret_problem("Vq7#mWk2$pLx9@rT", "x") == ""
+
+
+def test_secret_problem_refuses_obvious_and_reused_and_unresolved():
+    assert "too obvious" in secret_problem("Cabinet-Tilleuls-2026-Secure!", "p", context=["Tilleuls"])
+    assert "reused" in secret_problem("Vq7#mWk2$pLx9@rT", "p", others=["Vq7#mWk2$pLx9@rT"])
+    assert "unresolved template" in secret_problem("{{ vault_x }}", "p")
+    assert "empty" in secret_problem(None, "p")
+
+
+def test_filters_are_registered():
+    assert set(FilterModule().filters()) == {"password_entropy", "policy_entropy", "password_weaknesses", "secret_problem"}
