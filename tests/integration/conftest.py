@@ -249,6 +249,14 @@ def run_unit(handle: testinfra.host.Host, unit: str, timeout: float = 900) -> st
 
 
 # ----------------------------------------------------------------------------- report
+def pytest_collection_modifyitems(items) -> None:
+    """Remember each test's host, so the summary does not guess it from parameter ids."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "host" in params:
+            item.user_properties.append(("cabinet_host", params["host"]))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
     """Per practice and host: how many checks passed, failed or did not apply."""
     table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -261,8 +269,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
                 continue
             module, _, test = report.nodeid.partition("::")
             practice = Path(module).stem.removeprefix("test_")
-            name, _, target = test.partition("[")
-            key = (practice, target.rstrip("]") or "-")
+            name = test.partition("[")[0]
+            target = dict(getattr(report, "user_properties", [])).get("cabinet_host", "-")
+            key = (practice, target)
             table[key][outcome] += 1
             if outcome in ("failed", "error"):
                 failures[key].append(name)

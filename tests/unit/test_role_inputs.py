@@ -31,6 +31,7 @@ ALERTING = {
 }
 GOOD = {
     "alerting": ALERTING,
+    "password_policy": {},
     # auto_updates depends on alerting, whose variables it therefore needs too.
     "auto_updates": {**ALERTING, "auto_updates_extra_origins": ["origin=MSP,label=MSP tools"],
                      "auto_updates_package_blacklist": ["^postgresql-"]},
@@ -63,6 +64,16 @@ CASES = [
     ("auto_updates", {"auto_updates_reboot_command": "reboot"}, "auto_updates_reboot_command", "absolute"),
     ("auto_updates", {"auto_updates_pending_security_max_days": 0}, "auto_updates_pending_security_max_days", "1 to 60"),
     ("auto_updates", {"auto_updates_random_delay_minutes": -5}, "auto_updates_random_delay_minutes", "0 to 240"),
+    ("password_policy", {"password_policy_min_length": 0}, "password_policy_min_length", "8 to 128"),
+    ("password_policy", {"password_policy_min_classes": 5}, "password_policy_min_classes", "1 to 4"),
+    ("password_policy", {"password_policy_min_classes": "all"}, "password_policy_min_classes", "int"),
+    ("password_policy", {"password_policy_min_length": 10}, "password_policy_min_entropy_bits", "bits, below"),
+    ("password_policy", {"password_policy_min_length": 12, "password_policy_min_classes": 3},
+     "password_policy_min_entropy_bits", "14 of 3"),
+    ("password_policy", {"password_policy_faillock_deny": 0}, "password_policy_faillock_deny", "1 to 20"),
+    ("password_policy", {"password_policy_pwhistory_remember": 0}, "password_policy_pwhistory_remember", "1 to 24"),
+    ("password_policy", {"password_policy_privileged_accounts": "admin"}, "password_policy_privileged_accounts",
+     "expected a YAML list"),
 ]
 
 
