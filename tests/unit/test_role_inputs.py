@@ -24,10 +24,10 @@ PLAYBOOK = ROOT / "tests" / "unit" / "roles" / "validate_role.yml"
 
 ALERTING = {
     "alerting_msp_address": "alertes@msp.example",
-    "alerting_practice_name": "Cabinet de test",
+    "alerting_practice_name": "Cabinet des Tilleuls",
     "alerting_relay_host": "smtp.msp.example",
     "alerting_relay_user": "relay",
-    "alerting_relay_password": "a long relay secret",
+    "alerting_relay_password": "Vq7#mWk2$pLx9@rTz4",
 }
 GOOD = {
     "alerting": ALERTING,
@@ -52,6 +52,11 @@ CASES = [
     ("alerting", {"alerting_practice_name": "  "}, "alerting_practice_name", "non-empty"),
     ("alerting", {"alerting_queue_lifetime_days": 0}, "alerting_queue_lifetime_days", "1 to 100"),
     ("alerting", {"alerting_relay_tls_ca_cert": "not a pem"}, "alerting_relay_tls_ca_cert", "BEGIN CERTIFICATE"),
+    ("alerting", {"alerting_relay_password": "Relais2026!"}, "alerting_relay_password", "too weak"),
+    ("alerting", {"alerting_relay_password": "MotDePasse-Cabinet-2026!x"}, "alerting_relay_password", "too obvious"),
+    ("alerting", {"alerting_relay_password": "Tilleuls#Vq7mWk2$pLx9"}, "alerting_relay_password", "tilleuls"),
+    ("alerting", {"alerting_relay_password": "replace me with the relay account's password"},
+     "alerting_relay_password", "placeholder"),
     ("auto_updates", {"auto_updates_reboot_time": "3:30"}, "auto_updates_reboot_time", "expected HH:MM"),
     ("auto_updates", {"auto_updates_reboot_time": "24:00"}, "auto_updates_reboot_time", "expected HH:MM"),
     ("auto_updates", {"auto_updates_upgrade_time": "02h00"}, "auto_updates_upgrade_time", "expected HH:MM"),
@@ -114,6 +119,9 @@ def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp
         f"it stopped at {failed_task}, not in the validation:\n{output[-3000:]}"
     assert variable in output and words in output, output[-3000:]
     assert recap_changed(output) == 0
+    secret = overrides.get("alerting_relay_password")
+    if secret:
+        assert secret not in output, "the secret was printed"
 
 
 @pytest.mark.parametrize("role", sorted(GOOD))
