@@ -214,6 +214,26 @@ def test_failing_upgrade_reaches_the_msp(lab, repo, mailsink):
     lab.run("dpkg --purge --force-all cabinet-test-broken")
 
 
+def test_security_update_pending_too_long_raises_an_alert(lab, repo, mailsink, expect):
+    """A security update the blacklist holds back is alerted once it has waited past the limit."""
+    repo("trusted", "cabinet-test-held", "1.0")
+    apt_update(lab)
+    installed = lab.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades cabinet-test-held=1.0")
+    assert installed.rc == 0, installed.stderr
+    repo("security", "cabinet-test-held", "3.0")
+    apt_update(lab)
+    days = expect("auto_updates_pending_security_max_days")
+    first_seen = time.time() - (days + 1) * 86400
+    lab.check_output("printf '%s' %s > /var/lib/cabinet/auto_updates-state.json",
+                     json.dumps({"alerted": {}, "pending_security": {"cabinet-test-held 3.0": first_seen}}))
+    hostname = lab.check_output("postconf -h myhostname")
+    assert run_unit(lab, "cabinet-updates-check.service") == "success"
+    alerts = [m for m in mailsink.wait_for(f"pending for more than {days} days", timeout=90) if hostname in m["Subject"]]
+    assert alerts, "no alert for a security update pending too long"
+    assert "cabinet-test-held 3.0" in alerts[-1]["body"]
+    assert installed_version(lab, "cabinet-test-held") == "1.0"
+
+
 def test_pending_reboot_alerts_and_the_window_would_reboot(lab, expect, mailsink):
     if not expect("auto_updates_reboot_enabled"):
         pytest.skip("automatic reboots disabled in this inventory")

@@ -34,9 +34,18 @@ def pwquality(host) -> dict[str, str]:
     return settings
 
 
-def strong() -> str:
-    """A random password the policy accepts (4 classes, no runs, no dictionary word)."""
-    return "Kq7#" + secrets.token_hex(6) + "Zr%" + "".join(secrets.choice("BCDFGHJ") for _ in range(3))
+def strong(length: int = 16) -> str:
+    """A random password the policy accepts: 4 classes, no character twice in a row, no
+    three-character sequence (pwquality's maxrepeat and maxsequence would refuse those)."""
+    pools = ["abcdefghijkmnpqrstuvwxyz", "ABCDEFGHJKLMNPQRSTUVWXYZ", "23456789", "#%+=@^_~"]
+    rng = secrets.SystemRandom()
+    while True:
+        chars = [rng.choice(pool) for pool in pools] + [rng.choice("".join(pools)) for _ in range(length - 4)]
+        rng.shuffle(chars)
+        if not any(a == b for a, b in zip(chars, chars[1:])) and not any(
+                abs(ord(b) - ord(a)) == 1 and ord(c) - ord(b) == ord(b) - ord(a)
+                for a, b, c in zip(chars, chars[1:], chars[2:])):
+            return "".join(chars)
 
 
 # ----------------------------------------------------------------------------- audit

@@ -2,18 +2,20 @@
 # Lab helper for tests/integration/test_auto_updates.py: signed local apt repositories with a
 # throwaway GPG key. Copied to and run on a lab host only.
 #   cabinet-test-repo.sh init
-#   cabinet-test-repo.sh publish trusted|untrusted PACKAGE VERSION [failing]
+#   cabinet-test-repo.sh publish trusted|untrusted|security PACKAGE VERSION [failing]
+# trusted: origin CabinetTest; security: origin CabinetTest, suite cabinet-test-security (a
+# "-security" archive, as the pending-update check knows them); untrusted: CabinetUntrusted.
 #   cabinet-test-repo.sh clean
 set -euo pipefail
 top=/srv/cabinet-test-repo
 export GNUPGHOME=$top/gnupg
 
-index() {   # index REPO ORIGIN
-  local repo=$1 origin=$2
+index() {   # index REPO ORIGIN [SUITE]
+  local repo=$1 origin=$2 suite=${3:-cabinet-test}
   (cd "$top/$repo" &&
    apt-ftparchive packages . > Packages &&
    apt-ftparchive -o "APT::FTPArchive::Release::Origin=$origin" -o "APT::FTPArchive::Release::Label=$origin" \
-     -o APT::FTPArchive::Release::Suite=cabinet-test -o APT::FTPArchive::Release::Codename=cabinet-test \
+     -o "APT::FTPArchive::Release::Suite=$suite" -o "APT::FTPArchive::Release::Codename=$suite" \
      release . > Release &&
    rm -f InRelease && gpg --batch --yes --clearsign -o InRelease Release)
 }
@@ -22,14 +24,15 @@ case $1 in
   init)
     command -v apt-ftparchive >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q apt-utils >/dev/null
     command -v gpg-agent >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q gpg gpg-agent >/dev/null
-    rm -rf "$top"; mkdir -p "$top/trusted" "$top/untrusted" "$GNUPGHOME"; chmod 700 "$GNUPGHOME"
+    rm -rf "$top"; mkdir -p "$top/trusted" "$top/untrusted" "$top/security" "$GNUPGHOME"; chmod 700 "$GNUPGHOME"
     gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'cabinet-hardening test repository <test@cabinet.invalid>' rsa2048 sign never
     gpg --export > "$top/key.gpg"
     chmod -R a+rX "$top"; chmod 700 "$GNUPGHOME"
-    index trusted CabinetTest; index untrusted CabinetUntrusted
+    index trusted CabinetTest; index untrusted CabinetUntrusted; index security CabinetTest cabinet-test-security
     cat > /etc/apt/sources.list.d/cabinet-test.list <<LIST
 deb [signed-by=$top/key.gpg] file:$top/trusted ./
 deb [signed-by=$top/key.gpg] file:$top/untrusted ./
+deb [signed-by=$top/key.gpg] file:$top/security ./
 LIST
     ;;
   publish)
@@ -51,7 +54,11 @@ CONTROL
     fi
     dpkg-deb --root-owner-group --build "$build" "$top/$repo/${pkg}_${version}_all.deb" >/dev/null
     rm -rf "$build"
-    if [ "$repo" = trusted ]; then index trusted CabinetTest; else index untrusted CabinetUntrusted; fi
+    case $repo in
+      trusted) index trusted CabinetTest ;;
+      untrusted) index untrusted CabinetUntrusted ;;
+      security) index security CabinetTest cabinet-test-security ;;
+    esac
     chmod -R a+rX "$top/$repo"
     ;;
   clean)
