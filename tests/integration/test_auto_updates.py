@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -224,8 +225,8 @@ def test_security_update_pending_too_long_raises_an_alert(lab, repo, mailsink, e
     apt_update(lab)
     days = expect("auto_updates_pending_security_max_days")
     first_seen = time.time() - (days + 1) * 86400
-    lab.check_output("printf '%s' %s > /var/lib/cabinet/auto_updates-state.json",
-                     json.dumps({"alerted": {}, "pending_security": {"cabinet-test-held 3.0": first_seen}}))
+    state = json.dumps({"alerted": {}, "pending_security": {"cabinet-test-held 3.0": first_seen}})
+    lab.check_output(f"echo {shlex.quote(state)} > /var/lib/cabinet/auto_updates-state.json")
     hostname = lab.check_output("postconf -h myhostname")
     assert run_unit(lab, "cabinet-updates-check.service") == "success"
     alerts = [m for m in mailsink.wait_for(f"pending for more than {days} days", timeout=90) if hostname in m["Subject"]]
