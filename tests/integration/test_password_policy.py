@@ -107,10 +107,11 @@ def test_yescrypt_and_no_forced_expiry(host):
 
 def test_privileged_accounts_have_a_maximum_age(host, expect):
     days = expect("password_policy_privileged_max_days")
-    for account in expect("password_policy_privileged_accounts"):
-        if not host.user(account).exists:
-            continue
-        assert host.user(account).maxdays == (days if days > 0 else 99999)
+    present = [a for a in expect("password_policy_privileged_accounts") if host.user(a).exists]
+    if not present:
+        pytest.skip("no privileged account listed in the inventory exists on this host")
+    for account in present:
+        assert host.user(account).maxdays == (days if days > 0 else 99999), account
 
 
 # ----------------------------------------------------------------------------- lab
@@ -171,9 +172,11 @@ def test_failures_lock_the_account_and_a_reset_restores_it(lab, account, expect)
     assert len([l for l in shown.splitlines() if l.rstrip().endswith(" V")]) >= expect("password_policy_faillock_deny"), shown
     locked = lab.run("echo %s | pamtester login %s authenticate", password, account)
     assert locked.rc != 0, "the right password still opened a locked account"
-    # The admin account (root here) stays usable throughout.
-    assert lab.run("faillock --user root").rc == 0
-    assert lab.check_output("id -un") == "root"
+    # Other accounts stay usable while this one is locked: the anti-lockout proof
+    # authenticates a fresh account through login (and sudo) right now.
+    assert lab.run("/usr/local/sbin/cabinet-pam-check").rc == 0
+    assert not [l for l in lab.check_output("faillock --user root").splitlines() if l.rstrip().endswith(" V")], \
+        "root has recorded failures: the test must not touch the admin account"
     lab.check_output(f"faillock --user {account} --reset")
     unlocked = lab.run("echo %s | pamtester login %s authenticate", password, account)
     assert unlocked.rc == 0, unlocked.stderr
