@@ -35,7 +35,11 @@ GOOD = {
     # auto_updates depends on alerting, whose variables it therefore needs too.
     "auto_updates": {**ALERTING, "auto_updates_extra_origins": ["origin=MSP,label=MSP tools"],
                      "auto_updates_package_blacklist": ["^postgresql-"]},
+    "ups_monitoring": {**ALERTING, "ups_monitoring_primary_password": "Hd4!nQ8@wZ3%kP7&bR2"},
 }
+UPS_SECONDARY = {"ups_monitoring_secondary_password": "Jm6^tC1!xV9@sG5*yN8"}
+UPS_NETSERVER = {"ups_monitoring_mode": "netserver", "ups_monitoring_listen_addresses": ["192.0.2.10"], **UPS_SECONDARY}
+UPS_NETCLIENT = {"ups_monitoring_mode": "netclient", "ups_monitoring_server": "srv-tilleuls", **UPS_SECONDARY}
 
 CASES = [
     # role, overrides (None removes the variable), variable named, words expected
@@ -79,6 +83,37 @@ CASES = [
     ("password_policy", {"password_policy_pwhistory_remember": 0}, "password_policy_pwhistory_remember", "1 to 24"),
     ("password_policy", {"password_policy_privileged_accounts": "admin"}, "password_policy_privileged_accounts",
      "expected a YAML list"),
+    ("ups_monitoring", {"ups_monitoring_mode": "master"}, "ups_monitoring_mode", "standalone, netserver, netclient"),
+    ("ups_monitoring", {"ups_monitoring_driver": ""}, "ups_monitoring_driver", "expected the NUT driver"),
+    ("ups_monitoring", {"ups_monitoring_driver": "usbhid ups"}, "ups_monitoring_driver", "expected the NUT driver"),
+    ("ups_monitoring", {"ups_monitoring_port": " "}, "ups_monitoring_port", "expected the port"),
+    ("ups_monitoring", {"ups_monitoring_ups_name": "onduleur accueil"}, "ups_monitoring_ups_name", "expected a UPS name"),
+    ("ups_monitoring", {**UPS_NETCLIENT, "ups_monitoring_server": ""}, "ups_monitoring_server", "host name"),
+    ("ups_monitoring", {**UPS_NETSERVER, "ups_monitoring_listen_addresses": ["127.0.0.1"]},
+     "ups_monitoring_listen_addresses", "loopback only"),
+    ("ups_monitoring", {"ups_monitoring_listen_addresses": ["srv.local"]}, "ups_monitoring_listen_addresses",
+     "expected IP addresses"),
+    ("ups_monitoring", {"ups_monitoring_listen_port": 0}, "ups_monitoring_listen_port", "1 to 65535"),
+    ("ups_monitoring", {"ups_monitoring_primary_password": ""}, "ups_monitoring_primary_password", "expected a secret"),
+    ("ups_monitoring", {"ups_monitoring_primary_password": "Onduleur2026!"}, "ups_monitoring_primary_password", "too obvious"),
+    ("ups_monitoring", {"ups_monitoring_primary_password": "Hd4!nQ8@ wZ3%kP7&bR2"}, "ups_monitoring_primary_password",
+     "no spaces, quotes"),
+    ("ups_monitoring", {**UPS_NETSERVER, "ups_monitoring_secondary_password": "Hd4!nQ8@wZ3%kP7&bR2"},
+     "ups_monitoring_primary_password", "reused"),
+    ("ups_monitoring", {**UPS_NETCLIENT, "ups_monitoring_secondary_password": None}, "ups_monitoring_secondary_password",
+     "expected a secret"),
+    ("ups_monitoring", {"ups_monitoring_secondary_user": "upsmon-primary"}, "ups_monitoring_secondary_user", "other than"),
+    ("ups_monitoring", {"ups_monitoring_battery_shutdown_minutes": -1}, "ups_monitoring_battery_shutdown_minutes",
+     "0 (only on low battery) to 240"),
+    ("ups_monitoring", {"ups_monitoring_pre_shutdown_commands": ["systemctl stop postgresql"]},
+     "ups_monitoring_pre_shutdown_commands", "absolute path"),
+    ("ups_monitoring", {"ups_monitoring_pre_shutdown_commands": "/usr/bin/systemctl stop postgresql"},
+     "ups_monitoring_pre_shutdown_commands", "expected a YAML list"),
+    ("ups_monitoring", {"ups_monitoring_shutdown_command": "shutdown -h now"}, "ups_monitoring_shutdown_command", "absolute"),
+    ("ups_monitoring", {"ups_monitoring_poll_seconds": 5, "ups_monitoring_deadtime_seconds": 10},
+     "ups_monitoring_deadtime_seconds", "three times"),
+    ("ups_monitoring", {"ups_monitoring_driver_options": {"Vendor ID": "0463"}}, "ups_monitoring_driver_options",
+     "setting names"),
 ]
 
 
@@ -119,15 +154,24 @@ def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp
         f"it stopped at {failed_task}, not in the validation:\n{output[-3000:]}"
     assert variable in output and words in output, output[-3000:]
     assert recap_changed(output) == 0
-    secret = overrides.get("alerting_relay_password")
-    if secret:
-        assert secret not in output, "the secret was printed"
+    for name, secret in overrides.items():
+        if name.endswith("_password") and secret:
+            assert secret not in output, f"the secret in {name} was printed"
 
 
 @pytest.mark.parametrize("role", sorted(GOOD))
 def test_good_input_passes_validation(role, tmp_path):
     """The same harness with good input passes (so the cases above fail for their reason)."""
     done = run_role(role, GOOD[role], tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
+    assert recap_changed(output) == 0
+
+
+@pytest.mark.parametrize("mode", [UPS_NETSERVER, UPS_NETCLIENT], ids=["netserver", "netclient"])
+def test_good_ups_modes_pass_validation(mode, tmp_path):
+    done = run_role("ups_monitoring", {**GOOD["ups_monitoring"], **mode}, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
