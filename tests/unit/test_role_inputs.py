@@ -36,6 +36,8 @@ GOOD = {
     "auto_updates": {**ALERTING, "auto_updates_extra_origins": ["origin=MSP,label=MSP tools"],
                      "auto_updates_package_blacklist": ["^postgresql-"]},
     "ups_monitoring": {**ALERTING, "ups_monitoring_primary_password": "Hd4!nQ8@wZ3%kP7&bR2"},
+    "antivirus": {**ALERTING, "antivirus_scan_paths": ["/srv/patients", "/home"],
+                  "antivirus_private_mirrors": ["http://clamav.msp.example/"]},
 }
 UPS_SECONDARY = {"ups_monitoring_secondary_password": "Jm6^tC1!xV9@sG5*yN8"}
 UPS_NETSERVER = {"ups_monitoring_mode": "netserver", "ups_monitoring_listen_addresses": ["192.0.2.10"], **UPS_SECONDARY}
@@ -114,6 +116,21 @@ CASES = [
      "ups_monitoring_deadtime_seconds", "three times"),
     ("ups_monitoring", {"ups_monitoring_driver_options": {"Vendor ID": "0463"}}, "ups_monitoring_driver_options",
      "setting names"),
+    ("antivirus", {"antivirus_scan_paths": ["srv/patients"]}, "antivirus_scan_paths", "expected absolute paths"),
+    ("antivirus", {"antivirus_scan_paths": "/srv"}, "antivirus_scan_paths", "expected a YAML list"),
+    ("antivirus", {"antivirus_quarantine_dir": "quarantine"}, "antivirus_quarantine_dir", "expected an absolute path"),
+    ("antivirus", {"antivirus_quarantine_dir": "/srv/patients/quarantaine"}, "antivirus_quarantine_dir",
+     "outside every scanned folder"),
+    ("antivirus", {"antivirus_scan_paths": ["/"]}, "antivirus_quarantine_dir", "outside every scanned folder"),
+    ("antivirus", {"antivirus_onaccess_paths": ["/var/lib/cabinet"]}, "antivirus_quarantine_dir", "overlaps /var/lib/cabinet"),
+    ("antivirus", {"antivirus_exclude_paths": ["tmp"]}, "antivirus_exclude_paths", "expected absolute paths"),
+    ("antivirus", {"antivirus_private_mirrors": ["clamav.msp.example"]}, "antivirus_private_mirrors", "http(s) URLs"),
+    ("antivirus", {"antivirus_scan_time": "4h15"}, "antivirus_scan_time", "expected HH:MM"),
+    ("antivirus", {"antivirus_signature_max_age_hours": 0}, "antivirus_signature_max_age_hours", "6 to 720"),
+    ("antivirus", {"antivirus_freshclam_checks_per_day": 100}, "antivirus_freshclam_checks_per_day", "1 to 50"),
+    ("antivirus", {"antivirus_memory_check": "ignore"}, "antivirus_memory_check", "fail, warn"),
+    # The controller (24 GiB) has less than 64 GiB of RAM: the memory check must stop the run.
+    ("antivirus", {"antivirus_min_memory_mb": 65536}, "antivirus_min_memory_mb", "MB of RAM, below"),
 ]
 
 
@@ -166,6 +183,15 @@ def test_good_input_passes_validation(role, tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
+    assert recap_changed(output) == 0
+
+
+def test_low_memory_only_warns_when_asked(tmp_path):
+    done = run_role("antivirus", {**GOOD["antivirus"], "antivirus_min_memory_mb": 65536,
+                                  "antivirus_memory_check": "warn"}, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "MB of RAM, below antivirus_min_memory_mb" in output, output[-3000:]
     assert recap_changed(output) == 0
 
 
