@@ -219,6 +219,23 @@ class MailSink:
             time.sleep(2)
         return found
 
+    def alerts(self, mail_host: str, practice: str, text: str) -> list[dict[str, str]]:
+        """Alerts from one host (its Postfix myhostname) and practice, mentioning ``text``."""
+        return [m for m in self.messages()
+                if m["X-Cabinet-Host"] == mail_host and m["X-Cabinet-Practice"] == practice
+                and (text in m["Subject"] or text in m["body"])]
+
+    def wait_alert(self, mail_host: str, practice: str, text: str, before: int = 0,
+                   timeout: float = 90) -> dict[str, str]:
+        """The newest such alert, once more than ``before`` of them have arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.alerts(mail_host, practice, text)
+            if len(found) > before:
+                return found[-1]
+            time.sleep(2)
+        raise AssertionError(f"no new {practice} alert mentioning {text!r} from {mail_host} within {timeout:.0f} s")
+
     def stop(self) -> None:
         assert self.host.run("systemctl stop mailsink").rc == 0
 

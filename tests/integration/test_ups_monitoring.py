@@ -163,18 +163,10 @@ class Ups:
         return float(self.host.check_output("date +%s.%N"))
 
     def alerts(self, title: str) -> list[dict[str, str]]:
-        return [m for m in self.mailsink.messages()
-                if m["X-Cabinet-Host"] == self.mail_host and m["X-Cabinet-Practice"] == "ups_monitoring"
-                and title in m["Subject"]]
+        return [m for m in self.mailsink.alerts(self.mail_host, ROLE, title) if title in m["Subject"]]
 
     def wait_alert(self, title: str, before: int, timeout: float = 60) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.alerts(title)
-            if len(found) > before:
-                return found[-1]
-            time.sleep(2)
-        raise AssertionError(f"no new alert {title!r} from {self.mail_host} within {timeout:.0f} s")
+        return self.mailsink.wait_alert(self.mail_host, ROLE, title, before, timeout)
 
     def wait_shutdown(self, timeout: float) -> float:
         deadline = time.monotonic() + timeout

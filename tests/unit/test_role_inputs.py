@@ -88,6 +88,7 @@ CASES = [
     ("ups_monitoring", {"ups_monitoring_mode": "master"}, "ups_monitoring_mode", "standalone, netserver, netclient"),
     ("ups_monitoring", {"ups_monitoring_driver": ""}, "ups_monitoring_driver", "expected the NUT driver"),
     ("ups_monitoring", {"ups_monitoring_driver": "usbhid ups"}, "ups_monitoring_driver", "expected the NUT driver"),
+    ("ups_monitoring", {"ups_monitoring_description": 'Onduleur "baie"'}, "ups_monitoring_description", "double quotes"),
     ("ups_monitoring", {"ups_monitoring_port": " "}, "ups_monitoring_port", "expected the port"),
     ("ups_monitoring", {"ups_monitoring_ups_name": "onduleur accueil"}, "ups_monitoring_ups_name", "expected a UPS name"),
     ("ups_monitoring", {**UPS_NETCLIENT, "ups_monitoring_server": ""}, "ups_monitoring_server", "host name"),
