@@ -8,7 +8,15 @@ cd "$(dirname "$0")/.."
 jobs=${CABINET_MOLECULE_JOBS:-2}
 scenarios=("$@")
 if [ "${#scenarios[@]}" -eq 0 ]; then
-  for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+  # Longest first (measured: auto_updates and ups_monitoring about 10 minutes each), so the
+  # two job slots finish together; then every other scenario in alphabetical order.
+  for s in auto_updates ups_monitoring password_policy; do
+    [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
+  done
+  for f in molecule/*/molecule.yml; do
+    s=$(basename "$(dirname "$f")")
+    case " ${scenarios[*]} " in *" $s "*) ;; *) scenarios+=("$s") ;; esac
+  done
 fi
 mkdir -p build/molecule
 rm -f build/molecule/*.result

@@ -67,6 +67,17 @@ def test_passwords_in_no_world_readable_file_nor_the_journal(host, expect):
         assert journal.stdout.strip() == "0", "a UPS password appears in the journal"
 
 
+def test_passwords_never_in_ansible_output(request, expect):
+    secrets = [s for s in (expect("ups_monitoring_primary_password"), expect("ups_monitoring_secondary_password")) if s]
+    log = request.config.getoption("ansible_log")
+    if not log or not secrets:
+        pytest.skip("no Ansible log to audit (give --ansible-log) or no UPS password in this inventory")
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    assert "UPS monitoring" in text, f"{log} does not look like the log of an ups_monitoring run"
+    assert not [s for s in secrets if s in text], f"a UPS password appears in the Ansible output ({log})"
+
+
 def test_driver_upsd_and_upsmon_run(host, expect):
     monitor = host.service("nut-monitor.service")
     assert monitor.is_enabled and monitor.is_running
@@ -178,15 +189,19 @@ class Ups:
         raise AssertionError(f"no shutdown within {timeout:.0f} s")
 
     def reset(self) -> None:
-        """Mains power back, monitoring restarted as after a reboot, the lab's log emptied."""
-        self.host.check_output(f"rm -f {SHUTDOWN_LOG}")
+        """Mains power back, monitoring restarted as after a reboot, the lab's log emptied.
+
+        upsmon is stopped first and started last: started while the driver still reports the
+        previous low battery, it would order a new forced shutdown.
+        """
+        self.host.check_output("systemctl reset-failed nut-monitor.service; systemctl stop nut-monitor.service")
         if self.expect("ups_monitoring_mode") in SERVING:
             self.set("OL")
             # upsd forgets a forced shutdown when it restarts.
             self.host.check_output("systemctl reset-failed nut-server.service; systemctl restart nut-server.service")
-        self.host.check_output("systemctl reset-failed nut-monitor.service; systemctl restart nut-monitor.service")
-        if self.expect("ups_monitoring_mode") in SERVING:
             self.wait_status("OL")
+        self.host.check_output(f"rm -f {SHUTDOWN_LOG}")
+        self.host.check_output("systemctl start nut-monitor.service")
 
 
 # When upsmon exits after a shutdown, systemd in these containers (cgroup v1, no release
