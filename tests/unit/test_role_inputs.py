@@ -96,6 +96,7 @@ CASES = [
      "ups_monitoring_listen_addresses", "loopback only"),
     ("ups_monitoring", {"ups_monitoring_listen_addresses": ["srv.local"]}, "ups_monitoring_listen_addresses",
      "expected IP addresses"),
+    ("ups_monitoring", {"ups_monitoring_listen_addresses": ["0.0.0.0"]}, "ups_monitoring_listen_addresses", "not the wildcard"),
     ("ups_monitoring", {"ups_monitoring_listen_port": 0}, "ups_monitoring_listen_port", "1 to 65535"),
     ("ups_monitoring", {"ups_monitoring_primary_password": ""}, "ups_monitoring_primary_password", "expected a secret"),
     ("ups_monitoring", {"ups_monitoring_primary_password": "Onduleur2026!"}, "ups_monitoring_primary_password", "too obvious"),
