@@ -38,6 +38,11 @@ GOOD = {
     "ups_monitoring": {**ALERTING, "ups_monitoring_primary_password": "Hd4!nQ8@wZ3%kP7&bR2"},
     "antivirus": {**ALERTING, "antivirus_scan_paths": ["/srv/patients", "/home"],
                   "antivirus_private_mirrors": ["http://clamav.msp.example/"]},
+    # The harness's inventory has no backup_offsite group, so the good case backs up to its
+    # local disk only; the off-site server's membership is checked by a case below.
+    "backup": {**ALERTING, "backup_passphrase": "Rc5!wK9@qT3#mV7$zH2", "backup_local_device": "LABEL=CABINET-BKP",
+               "backup_offsite_enabled": False, "backup_sources": ["/srv/patients", "/home"],
+               "backup_database_dumps": [{"name": "patients", "command": "/usr/bin/mysqldump --all-databases"}]},
 }
 UPS_SECONDARY = {"ups_monitoring_secondary_password": "Jm6^tC1!xV9@sG5*yN8"}
 UPS_NETSERVER = {"ups_monitoring_mode": "netserver", "ups_monitoring_listen_addresses": ["192.0.2.10"], **UPS_SECONDARY}
@@ -131,6 +136,31 @@ CASES = [
     ("antivirus", {"antivirus_signature_max_age_hours": 0}, "antivirus_signature_max_age_hours", "6 to 720"),
     ("antivirus", {"antivirus_freshclam_checks_per_day": 100}, "antivirus_freshclam_checks_per_day", "1 to 50"),
     ("antivirus", {"antivirus_memory_check": "ignore"}, "antivirus_memory_check", "fail, warn"),
+    ("backup", {"backup_local_enabled": False}, "backup_local_enabled, backup_offsite_enabled", "no repository is enabled"),
+    ("backup", {"backup_local_device": ""}, "backup_local_device", "expected the backup disk as UUID="),
+    ("backup", {"backup_local_device": "/dev/sdb1"}, "backup_local_device", "expected the backup disk as UUID="),
+    ("backup", {"backup_retention_daily": 0}, "backup_retention_daily", "expected 1 to 1000"),
+    ("backup", {"backup_retention_monthly": 0}, "backup_retention_monthly", "expected 1 to 1000"),
+    ("backup", {"backup_sources": ["srv/patients"]}, "backup_sources", "expected absolute paths"),
+    ("backup", {"backup_sources": []}, "backup_sources", "non-empty"),
+    ("backup", {"backup_sources": ["/"]}, "backup_sources", "not /"),
+    ("backup", {"backup_local_mountpoint": "mnt/backup"}, "backup_local_mountpoint", "expected an absolute folder"),
+    ("backup", {"backup_restore_test_dir": "tmp"}, "backup_restore_test_dir", "expected an absolute folder"),
+    ("backup", {"backup_local_subdir": "../etc"}, "backup_local_subdir", "without .."),
+    ("backup", {"backup_offsite_enabled": True, "backup_offsite_server": "backup1.msp.example"}, "backup_offsite_server",
+     "expected a host of group backup_offsite"),
+    ("backup", {"backup_passphrase": ""}, "backup_passphrase", "expected a secret"),
+    # The relay password again: alerting (a dependency) vets its secret first and names it.
+    ("backup", {"backup_passphrase": "Vq7#mWk2$pLx9@rTz4"}, "alerting_relay_password", "reused"),
+    ("backup", {"backup_encryption": "none"}, "backup_encryption", "repokey-blake2, repokey"),
+    ("backup", {"backup_database_dumps": [{"name": "patients db", "command": "/usr/bin/true"}]}, "backup_database_dumps",
+     "expected names"),
+    ("backup", {"backup_database_dumps": [{"name": "patients"}]}, "backup_database_dumps", "{name, command}"),
+    ("backup", {"backup_time": "1h30"}, "backup_time", "expected HH:MM"),
+    ("backup", {"backup_verify_time": "dimanche 3h"}, "backup_verify_time", "systemd calendar event"),
+    ("backup", {"backup_max_age_hours": 12}, "backup_max_age_hours", "expected 25 to 720"),
+    ("backup", {"backup_compression": "gzip"}, "backup_compression", "expected a borg compression"),
+    ("backup", {"backup_server_root": "/"}, "backup_server_root", "other than /"),
     # The controller (24 GiB) has less than 64 GiB of RAM: the memory check must stop the run.
     ("antivirus", {"antivirus_min_memory_mb": 65536}, "antivirus_min_memory_mb", "MB of RAM, below"),
 ]
@@ -174,7 +204,7 @@ def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp
     assert variable in output and words in output, output[-3000:]
     assert recap_changed(output) == 0
     for name, secret in overrides.items():
-        if name.endswith("_password") and secret:
+        if name.endswith(("_password", "_passphrase")) and secret:
             assert secret not in output, f"the secret in {name} was printed"
 
 

@@ -1,0 +1,393 @@
+"""Backups: two encrypted borg copies (local disk, append-only off-site server), checked and restore-tested.
+
+Audits (every inventory): borg, settings and secrets locked down, timers, the pinned host key,
+the local disk detached between runs, a recent success in each repository; on the off-site
+server, every practice key forced to `borg serve --append-only` on its own repository.
+
+Lab proofs (cabinet_lab hosts with the mail sink): a run writes both repositories and what
+comes back is byte-identical (name with spaces and accents, a large file, a database dump);
+the practice's key cannot make the off-site server lose archives (the guard catches the
+attempt, pruning stops, the roll-back brings every archive back); with the off-site server
+down the local copy is still written and an alert sent, and the next run catches up; the
+restore test catches a corrupted repository; runs never overlap; stale backups alert.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import pytest
+
+from conftest import connect, run_unit
+
+ROLE = "backup"
+AUDITED_GROUP = "backup_clients:backup_offsite"
+SOURCE = "/srv/cabinet"
+ACCENTED = "Compte rendu d'échographie – Mme Dupré.pdf"
+LARGE = "imagerie/scanner-thorax.dcm"
+DUMP_DIR_DEFAULT = "/var/backups/cabinet-dumps"
+
+
+# ----------------------------------------------------------------------------- helpers
+def is_server(inventory, host) -> bool:
+    return host.inventory_name in inventory.group("backup_offsite")
+
+
+@pytest.fixture(scope="module")
+def client(inventory, host):
+    if is_server(inventory, host):
+        pytest.skip("practice-side check; this host is an off-site server")
+    return host
+
+
+@pytest.fixture(scope="module")
+def server(inventory, host):
+    if not is_server(inventory, host):
+        pytest.skip("off-site server check; this host is a practice machine")
+    return host
+
+
+@pytest.fixture(scope="module")
+def offsite(inventory, client, expect):
+    """The off-site server this practice machine backs up to, and its repository name there."""
+    if not expect("backup_offsite_enabled"):
+        pytest.skip("this host has no off-site copy")
+    name = expect("backup_offsite_server")
+    handle = connect(inventory, name)
+    handle.inventory_name = name
+    return handle, expect("backup_offsite_repository_name")
+
+
+def settings(client) -> dict:
+    return json.loads(client.check_output("cat /etc/cabinet/backup.json"))
+
+
+def repo_names(client) -> list[str]:
+    return [r["name"] for r in settings(client)["repositories"]]
+
+
+def archives(client, repo: str) -> list[str]:
+    out = client.run(f"cabinet-backup borg {repo} list --short")
+    assert out.rc == 0, f"cannot list {repo}: {out.stderr}"
+    return out.stdout.split()
+
+
+def backup_now(client) -> str:
+    return run_unit(client, "cabinet-backup.service", timeout=900)
+
+
+def sha256_tree(handle, root: str) -> dict[str, str]:
+    out = handle.check_output(f"cd {shlex.quote(root)} && find . -type f -print0 | sort -z | xargs -0 -r sha256sum")
+    sums = {}
+    for line in out.splitlines():
+        digest, path = line.split("  ", 1)
+        sums[path] = digest
+    return sums
+
+
+def restore(client, repo: str, archive: str) -> dict[str, str]:
+    target = f"/var/tmp/cabinet-test-restore-{repo}"
+    client.check_output(f"rm -rf {target} && mkdir -p {target}")
+    out = client.run(f"cd {target} && cabinet-backup borg {repo} extract ::{archive} {SOURCE.lstrip('/')}")
+    assert out.rc == 0, f"extract from {repo} failed: {out.stderr}"
+    sums = sha256_tree(client, f"{target}{SOURCE}")
+    client.run(f"rm -rf {target}")
+    return sums
+
+
+def mail_host(handle) -> str:
+    return handle.check_output("postconf -h myhostname")
+
+
+def server_cmd(server, *args: str):
+    return server.run("cabinet-backup-server " + " ".join(shlex.quote(a) for a in args))
+
+
+@pytest.fixture(scope="module")
+def source_data(lab, client):
+    """Patient files on the lab host: accented name with spaces, a 64 MiB file, an SQLite base."""
+    script = (
+        "import os, sqlite3\n"
+        f"root = {SOURCE!r}\n"
+        f"os.makedirs(os.path.join(root, 'imagerie'), exist_ok=True)\n"
+        f"open(os.path.join(root, {ACCENTED!r}), 'wb').write(os.urandom(300000))\n"
+        f"open(os.path.join(root, {LARGE!r}), 'wb').write(os.urandom(64 << 20))\n"
+        "open(os.path.join(root, 'notes.txt'), 'w').write('Consultation du 3 mars\\n')\n"
+        "os.makedirs('/var/lib/cabinet-lab', exist_ok=True)\n"
+        "db = sqlite3.connect('/var/lib/cabinet-lab/agenda.db')\n"
+        "db.execute('CREATE TABLE IF NOT EXISTS rdv (quand TEXT, patient TEXT)')\n"
+        "db.execute(\"INSERT INTO rdv VALUES ('2026-12-01 09:00', 'Élodie Marchand')\")\n"
+        "db.commit()\n"
+    )
+    client.check_output("python3 -c %s", script)
+    return sha256_tree(client, SOURCE)
+
+
+# ----------------------------------------------------------------------------- audit: practice side
+def test_borg_and_settings_locked_down(client, expect):
+    assert client.package("borgbackup").is_installed
+    for path in ("/etc/cabinet/backup.json", "/etc/cabinet/backup/passphrase"):
+        f = client.file(path)
+        assert f.exists and f.user == "root" and f.mode == 0o600, f"{path} must be 0600 root"
+    assert client.file("/var/lib/cabinet/backup").mode == 0o700
+    conf = settings(client)
+    assert conf["sources"] == expect("backup_sources")
+    wanted = {"local"} if expect("backup_local_enabled") else set()
+    wanted |= {"offsite"} if expect("backup_offsite_enabled") else set()
+    assert set(repo_names(client)) == wanted
+
+
+def test_two_copies(client, expect):
+    assert expect("backup_local_enabled") and expect("backup_offsite_enabled"), \
+        "the practice needs two copies: a local disk and the off-site server"
+
+
+def test_timers(client, expect):
+    for timer in ("cabinet-backup.timer", "cabinet-backup-check.timer"):
+        assert client.service(timer).is_enabled and client.service(timer).is_running, f"{timer} not active"
+    verify = client.service("cabinet-backup-verify.timer")
+    assert verify.is_enabled == bool(expect("backup_verify_enabled"))
+    unit = client.file("/etc/systemd/system/cabinet-backup.timer").content_string
+    assert f"OnCalendar=*-*-* {expect('backup_time')}:00" in unit
+    assert "FixedRandomDelay=true" in unit and "Persistent=true" in unit
+
+
+def test_local_disk_detached_between_runs(client, expect):
+    if not expect("backup_local_enabled"):
+        pytest.skip("no local copy on this host")
+    mountpoint = expect("backup_local_mountpoint")
+    busy = client.run("fuser -s /run/lock/cabinet-backup.lock 2>/dev/null || "
+                      "systemctl is-active -q cabinet-backup.service cabinet-backup-verify.service")
+    if busy.rc == 0:
+        pytest.skip("a backup or verify is running now")
+    assert client.run(f"findmnt -n {shlex.quote(mountpoint)}").rc != 0, \
+        f"the backup disk stays mounted on {mountpoint} outside runs"
+
+
+def test_offsite_host_key_pinned(client, offsite):
+    server, _ = offsite
+    pinned = client.file("/etc/cabinet/backup/known_hosts").content_string.split()
+    real = server.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+    assert pinned[1:3] == real[0:2], "known_hosts does not hold the off-site server's host key"
+    assert client.file("/etc/cabinet/backup/id_ed25519").mode == 0o600
+
+
+# ----------------------------------------------------------------------------- audit: off-site side
+def test_server_user_and_repositories_root(server, expect):
+    user = expect("backup_server_user")
+    assert server.package("borgbackup").is_installed
+    assert server.service("ssh").is_running
+    account = server.user(user)
+    assert account.exists and account.password in ("!", "*", "!*"), f"{user} must have no password"
+    root = server.file(expect("backup_server_root"))
+    assert root.is_directory and root.user == user and root.mode == 0o700
+
+
+def test_server_keys_only_run_append_only_serve(server, expect):
+    user = expect("backup_server_user")
+    root = expect("backup_server_root").rstrip("/")
+    home = server.user(user).home
+    keys = server.file(f"{home}/.ssh/authorized_keys")
+    if not keys.exists:
+        pytest.skip("no practice registered on this server yet")
+    assert keys.user == user and keys.mode == 0o600
+    lines = [line for line in keys.content_string.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines, "authorized_keys is empty"
+    for line in lines:
+        name = line.rsplit("cabinet-backup@", 1)[-1] if "cabinet-backup@" in line else "?"
+        assert line.startswith(f'command="borg serve --append-only --restrict-to-repository {root}/{name}",restrict '), \
+            f"a key is not limited to append-only borg serve on its own repository: {line[:120]}"
+
+
+def test_server_secrets_and_timers(server, expect):
+    user = expect("backup_server_user")
+    listing = server.run("stat -c '%U %a %n' /etc/cabinet/backup-server/clients/*.passphrase 2>/dev/null").stdout
+    for line in listing.splitlines():
+        owner, mode, path = line.split(" ", 2)
+        assert owner == user and mode == "600", f"{path} must be 0600 {user}"
+    for job in ("check", "prune", "verify"):
+        timer = server.service(f"cabinet-backup-server-{job}.timer")
+        assert timer.is_enabled and timer.is_running, f"cabinet-backup-server-{job}.timer not active"
+
+
+def test_server_no_repository_tampered(server):
+    status = server_cmd(server, "status")
+    assert status.rc == 0, status.stderr
+    tampered = [name for name, state in json.loads(status.stdout).items() if state.get("tampered")]
+    assert not tampered, f"archives disappeared from: {', '.join(tampered)} (see cabinet-backup-server rollback)"
+
+
+# ----------------------------------------------------------------------------- lab: backups restore
+def test_run_writes_both_copies_and_they_restore_identical(lab, client, source_data, mailsink):
+    assert backup_now(client) == "success", client.run("journalctl -u cabinet-backup -n 40 --no-pager").stdout
+    for repo in repo_names(client):
+        names = archives(client, repo)
+        assert names, f"no archive in {repo}"
+        restored = restore(client, repo, names[-1])
+        assert restored == source_data, f"files restored from {repo} differ from the source"
+        assert f"./{ACCENTED}" in restored and f"./{LARGE}" in restored
+    # The dump of the database is in the archive, as SQL.
+    dump = client.run(f"cabinet-backup borg local extract --stdout ::{archives(client, 'local')[-1]} "
+                      f"{DUMP_DIR_DEFAULT.lstrip('/')}/agenda.dump")
+    assert dump.rc == 0 and "Élodie Marchand" in dump.stdout, "the database dump is not in the archive"
+    assert client.run(f"findmnt -n {settings(client)['local_mountpoint']}").rc != 0, "disk left mounted"
+
+
+def test_runs_never_overlap(lab, client, source_data):
+    before = len(archives(client, "local"))
+    out = client.run("flock -n /run/lock/cabinet-backup.lock cabinet-backup run")
+    assert out.rc == 0 and "holds the lock" in out.stdout, out.stdout + out.stderr
+    assert len(archives(client, "local")) == before, "a second run went ahead while the first held the lock"
+
+
+def test_offsite_key_cannot_make_the_server_lose_archives(lab, client, offsite, source_data, mailsink):
+    server, name = offsite
+    assert backup_now(client) == "success"
+    kept = archives(client, "offsite")
+    assert len(kept) >= 2
+    # The server's hourly guard has seen them.
+    assert server_cmd(server, "check", name).rc == 0
+
+    # The key reaches nothing but its own repository, and never a shell.
+    target = settings(client)["repositories"][-1]["url"].split("//")[1].split(":")[0]
+    shell = client.run("timeout 60 ssh -i /etc/cabinet/backup/id_ed25519 -o BatchMode=yes "
+                       f"-o UserKnownHostsFile=/etc/cabinet/backup/known_hosts {target} id </dev/null")
+    assert "uid=" not in shell.stdout, "the practice's key opened a shell on the off-site server"
+    # Deleting the whole repository is refused by borg serve --append-only.
+    whole = client.run("BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES cabinet-backup borg offsite delete")
+    assert whole.rc != 0 and "append-only" in whole.stderr, whole.stderr[-400:]
+
+    # borg 1.x acknowledges an archive delete or prune in append-only mode but only marks them:
+    # the data stays until the server compacts, which the guard now prevents.
+    client.run(f"cabinet-backup borg offsite delete ::{kept[0]}")
+    client.run("cabinet-backup borg offsite prune --keep-last 1")
+    host_alerts = mail_host(server)
+    before = len(mailsink.alerts(host_alerts, ROLE, "disappeared"))
+    assert server_cmd(server, "check", name).rc != 0, "the guard did not notice the missing archives"
+    mail = mailsink.wait_alert(host_alerts, ROLE, "disappeared", before)
+    assert mail["X-Cabinet-Severity"] == "critical" and kept[0] in mail["body"]
+    prune = server_cmd(server, "prune", name)
+    assert prune.rc != 0 and "not pruned" in prune.stdout, "the server pruned a tampered repository"
+
+    rollback = server_cmd(server, "rollback", name)
+    assert rollback.rc == 0, rollback.stdout + rollback.stderr
+    assert client.run("cabinet-backup reset-after-rollback offsite").rc == 0
+    assert archives(client, "offsite") == kept, "the roll-back did not bring every archive back"
+    assert restore(client, "offsite", kept[0]) == source_data
+    assert server_cmd(server, "check", name).rc == 0
+    assert backup_now(client) == "success", "the practice could not back up after the roll-back"
+
+
+def test_offsite_down_local_still_written_alert_then_catch_up(lab, client, offsite, source_data, mailsink):
+    server, _ = offsite
+    sender = mail_host(client)
+    local_before, offsite_before = len(archives(client, "local")), len(archives(client, "offsite"))
+    alerts_before = len(mailsink.alerts(sender, ROLE, "offsite repository unreachable"))
+    server.check_output("systemctl stop ssh.socket ssh.service 2>/dev/null; systemctl stop ssh.service")
+    try:
+        assert backup_now(client) != "success", "a run with the off-site server down reported success"
+        assert len(archives(client, "local")) == local_before + 1, "the local copy was not written"
+        mail = mailsink.wait_alert(sender, ROLE, "offsite repository unreachable", alerts_before)
+        assert mail["X-Cabinet-Severity"] == "critical"
+    finally:
+        server.check_output("systemctl start ssh.service")
+    recovered_before = len(mailsink.alerts(sender, ROLE, "works again"))
+    assert backup_now(client) == "success"
+    assert len(archives(client, "offsite")) == offsite_before + 1, "the next run did not catch up off site"
+    mailsink.wait_alert(sender, ROLE, "works again", recovered_before)
+
+
+def test_restore_test_passes_then_catches_a_corrupted_repository(lab, client, offsite, source_data, mailsink):
+    server, name = offsite
+    assert run_unit(client, "cabinet-backup-verify.service", timeout=900) == "success", \
+        client.run("journalctl -u cabinet-backup-verify -n 40 --no-pager").stdout
+    journal = client.check_output("journalctl -u cabinet-backup-verify -n 40 --no-pager -o cat")
+    assert "restored and identical to the source" in journal
+
+    repo = json.loads(server.check_output("cat /etc/cabinet/backup-server.json"))["root"] + f"/{name}"
+    sender = mail_host(client)
+    before = len(mailsink.alerts(sender, ROLE, "restore test or check failed for offsite"))
+    server.check_output(f"cp -a {repo} {repo}.lab-copy")
+    try:
+        # Flip bytes in the middle of every data segment, as a failing disk would.
+        server.check_output(
+            "python3 -c %s", "import glob, os\n"
+            f"for p in glob.glob({repo!r} + '/data/*/*'):\n"
+            "    size = os.path.getsize(p)\n"
+            "    if size > 4096:\n"
+            "        with open(p, 'r+b') as f:\n"
+            "            f.seek(size // 2); f.write(os.urandom(64))\n")
+        assert run_unit(client, "cabinet-backup-verify.service", timeout=900) != "success"
+        mail = mailsink.wait_alert(sender, ROLE, "restore test or check failed for offsite", before)
+        assert mail["X-Cabinet-Severity"] == "critical"
+    finally:
+        server.check_output(f"rm -rf {repo} && mv {repo}.lab-copy {repo}")
+
+
+def test_stale_backup_alerts(lab, client, mailsink, expect):
+    sender = mail_host(client)
+    before = len(mailsink.alerts(sender, ROLE, "no recent backup in local"))
+    age = (int(expect("backup_max_age_hours")) + 2) * 3600
+    edit = ("import json, sys, time\n"
+            "p = '/var/lib/cabinet/backup/state.json'\n"
+            "s = json.load(open(p))\n"
+            "r = s['repositories']['local']\n"
+            "r['saved_success'] = r.get('saved_success', r['last_success'])\n"
+            f"r['last_success'] = time.time() - {age}\n"
+            "s['alerted'].pop('stale:local', None)\n"
+            "json.dump(s, open(p, 'w'))\n")
+    client.check_output("python3 -c %s", edit)
+    try:
+        assert run_unit(client, "cabinet-backup-check.service") != "success"
+        mail = mailsink.wait_alert(sender, ROLE, "no recent backup in local", before)
+        assert mail["X-Cabinet-Severity"] == "critical"
+    finally:
+        client.check_output("python3 -c %s", "import json\n"
+                            "p = '/var/lib/cabinet/backup/state.json'\n"
+                            "s = json.load(open(p))\n"
+                            "r = s['repositories']['local']\n"
+                            "r['last_success'] = r.pop('saved_success')\n"
+                            "json.dump(s, open(p, 'w'))\n")
+    assert run_unit(client, "cabinet-backup-check.service") == "success"
+
+
+# ----------------------------------------------------------------------------- secrets, freshness
+def test_passphrase_in_no_world_readable_file_nor_the_journal(host, inventory):
+    if is_server(inventory, host):
+        names = [n for n in inventory.group("backup_clients")
+                 if inventory.template(n, inventory.vars(n).get("backup_offsite_server", "")) == host.inventory_name]
+    else:
+        names = [host.inventory_name]
+    secrets = [inventory.template(n, inventory.vars(n).get("backup_passphrase", "")) for n in names]
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        pytest.skip("no backup passphrase for this host in the inventory")
+    for secret in secrets:
+        leaked = host.run("find / -xdev \\( -path /proc -o -path /sys \\) -prune -o -type f -perm -0004 -size -2M "
+                          "-exec grep -qsF -e %s {} \\; -print", secret)
+        assert leaked.stdout.strip() == "", f"world-readable files hold a backup passphrase: {leaked.stdout}"
+        journal = host.run("journalctl --no-pager -q -o cat | grep -cF -e %s", secret)
+        assert journal.stdout.strip() == "0", "a backup passphrase appears in the journal"
+
+
+def test_passphrase_never_in_ansible_output(request, inventory):
+    log = request.config.getoption("ansible_log")
+    secrets = [inventory.template(n, inventory.vars(n).get("backup_passphrase", "")) for n in inventory.group("backup_clients")]
+    secrets = [s for s in secrets if s]
+    if not log or not secrets:
+        pytest.skip("no Ansible log to audit (give --ansible-log) or no backup passphrase in this inventory")
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    assert not [s for s in secrets if s in text], f"a backup passphrase appears in the Ansible output ({log})"
+
+
+def test_each_repository_has_a_recent_success(client, expect):
+    """Last: in the lab, the tests above have run backups by now; on a real host, drift."""
+    state = json.loads(client.run("cat /var/lib/cabinet/backup/state.json 2>/dev/null || echo '{}'").stdout or "{}")
+    limit = int(expect("backup_max_age_hours")) * 3600
+    for repo in repo_names(client):
+        last = state.get("repositories", {}).get(repo, {}).get("last_success")
+        assert last, f"no successful backup to {repo} yet"
+        assert time.time() - last <= limit, f"the last successful backup to {repo} is older than {limit // 3600} h"
