@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 jobs=${CABINET_MOLECULE_JOBS:-2}
 scenarios=("$@")
 if [ "${#scenarios[@]}" -eq 0 ]; then
-  # Longest first (measured: auto_updates and ups_monitoring about 10 minutes each), so the
+  # Longest first (measured: auto_updates, ups_monitoring and backup about 10 minutes each), so the
   # two job slots finish together; then every other scenario in alphabetical order.
-  for s in auto_updates ups_monitoring password_policy; do
+  for s in auto_updates ups_monitoring backup password_policy; do
     [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
   done
   for f in molecule/*/molecule.yml; do

@@ -73,7 +73,15 @@ class Inventory:
     def template(self, hostname: str, value: Any) -> Any:
         from ansible.template import Templar
 
-        return Templar(loader=self.loader, variables=self.vars(hostname)).template(value)
+        variables = {**self.vars(hostname), "inventory_hostname": hostname,
+                     "inventory_hostname_short": hostname.split(".")[0]}
+        try:  # ansible-core 2.19 templates only trusted strings; role defaults read here are ours
+            from ansible.template import trust_as_template
+        except ImportError:  # older ansible-core trusts every string
+            trust_as_template = None
+        if trust_as_template and isinstance(value, str):
+            value = trust_as_template(value)
+        return Templar(loader=self.loader, variables=variables).template(value)
 
 
 @lru_cache(maxsize=None)
