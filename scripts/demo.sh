@@ -7,7 +7,7 @@ mkdir -p build
 
 case "${1:-up}" in
   up)
-    echo "==> Starting the demo practice (containers demo-server, demo-workstation, demo-mailsink)"
+    echo "==> Starting the demo practice (containers demo-server, demo-workstation, demo-offsite, demo-mailsink)"
     ansible-playbook -i "$inventory" molecule/resources/lab-up.yml > build/demo-lab.log 2>&1 \
       || { cat build/demo-lab.log; exit 1; }
     echo "==> Applying playbooks/site.yml (log: build/demo-site.log)"
@@ -18,6 +18,8 @@ case "${1:-up}" in
     sed -n '/PLAY RECAP/,/^$/p' build/demo-site.log
     changed=$(sed -n '/PLAY RECAP/,/^$/p' build/demo-site.log | grep -o 'changed=[0-9]*' | awk -F= '{s += $2} END {print s + 0}')
     echo "==> site.yml took $(( $(date +%s) - start )) s; tasks changed: ${changed:-0}"
+    echo "==> Backing up demo-server to its disk and to demo-offsite, as the nightly timer would"
+    podman exec demo-server cabinet-backup run > build/demo-backup.log 2>&1 || { cat build/demo-backup.log; exit 1; }
     echo "==> Auditing the demo practice with tests/integration"
     rc=0
     pytest -p no:cacheprovider -q -rfE --ansible-inventory="$inventory" --ansible-log=build/demo-site.log tests/integration \
@@ -33,7 +35,8 @@ case "${1:-up}" in
       PATH=$PWD/.venv/bin:$PATH ansible-playbook -i "$inventory" molecule/resources/lab-down.yml > build/demo-clean.log 2>&1 \
         || { cat build/demo-clean.log; exit 1; }
     else
-      podman rm -f demo-server demo-workstation demo-mailsink >/dev/null 2>&1 || :
+      podman exec demo-server sh -c 'for d in $(losetup -n -O NAME -j /var/lib/cabinet-lab/demo-server-disk.img); do umount -l "$d"; losetup -d "$d"; done' >/dev/null 2>&1 || :
+      podman rm -f demo-server demo-workstation demo-offsite demo-mailsink >/dev/null 2>&1 || :
       podman network rm cabinet-demo >/dev/null 2>&1 || :
     fi
     echo "==> Demo practice removed"

@@ -354,6 +354,49 @@ def test_stale_backup_alerts(lab, client, mailsink, expect):
     assert run_unit(client, "cabinet-backup-check.service") == "success"
 
 
+def _edit_json(handle, path: str, code: str) -> None:
+    """Apply ``code`` (Python, on ``d``) to a JSON file on the host, keeping its mode."""
+    handle.check_output("python3 -c %s", "import json\n"
+                        f"p = {path!r}\n"
+                        "d = json.load(open(p))\n"
+                        f"{code}\n"
+                        "open(p, 'w').write(json.dumps(d, indent=2))\n")
+
+
+def test_failed_dump_alerts_keeps_previous_and_backs_up_the_rest(lab, client, source_data, mailsink):
+    dump = f"{settings(client)['dump_dir']}/agenda.dump"
+    previous = client.check_output(f"sha256sum {dump}")
+    sender = mail_host(client)
+    before = len(mailsink.alerts(sender, ROLE, "database dump agenda failed"))
+    local_before = len(archives(client, "local"))
+    client.check_output("cp -p /etc/cabinet/backup.json /etc/cabinet/backup.json.lab")
+    try:
+        _edit_json(client, "/etc/cabinet/backup.json", "d['dumps'][0]['command'] = 'echo partial; exit 3'")
+        assert backup_now(client) == "success", "a failed dump must not fail the backup of the files"
+        mailsink.wait_alert(sender, ROLE, "database dump agenda failed", before)
+        assert client.check_output(f"sha256sum {dump}") == previous, "the failed dump replaced the previous one"
+        assert len(archives(client, "local")) == local_before + 1
+    finally:
+        client.check_output("mv /etc/cabinet/backup.json.lab /etc/cabinet/backup.json")
+
+
+def test_offsite_server_alerts_when_a_practice_stops_sending(lab, client, offsite, source_data, mailsink):
+    server, name = offsite
+    path = f"/etc/cabinet/backup-server/clients/{name}.json"
+    sender = mail_host(server)
+    before = len(mailsink.alerts(sender, ROLE, f"no new off-site archive from {name}"))
+    server.check_output(f"cp -p {path} {path}.lab")
+    try:
+        # A threshold of zero makes the newest archive too old, as 36 hours without one would.
+        _edit_json(server, path, "d['max_age_hours'] = 0")
+        _edit_json(server, f"/var/lib/cabinet/backup-server/{name}.json", "d['alerted'].pop('stale', None)")
+        assert server_cmd(server, "check", name).rc != 0
+        assert mailsink.wait_alert(sender, ROLE, f"no new off-site archive from {name}", before)["X-Cabinet-Severity"] == "critical"
+    finally:
+        server.check_output(f"mv {path}.lab {path}")
+    assert server_cmd(server, "check", name).rc == 0
+
+
 # ----------------------------------------------------------------------------- secrets, freshness
 def test_passphrase_in_no_world_readable_file_nor_the_journal(host, inventory):
     if is_server(inventory, host):
