@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import connect, run_unit
+from conftest import connect, role_defaults, run_unit
 
 ROLE = "backup"
 AUDITED_GROUP = "backup_clients:backup_offsite"
@@ -193,6 +193,9 @@ def test_server_keys_only_run_append_only_serve(server, expect):
     if not keys.exists:
         pytest.skip("no practice registered on this server yet")
     assert keys.user == user and keys.mode == 0o600
+    # sshd reads the keys as that user: every folder above them must let it through.
+    assert server.run(f"runuser -u {user} -- test -r {keys.path}").rc == 0, \
+        f"{user} cannot read {keys.path} (a folder above it is closed to it): every practice's login fails"
     lines = [line for line in keys.content_string.splitlines() if line.strip() and not line.startswith("#")]
     assert lines, "authorized_keys is empty"
     for line in lines:
@@ -389,7 +392,8 @@ def test_offsite_server_alerts_when_a_practice_stops_sending(lab, client, offsit
     try:
         # A threshold of zero makes the newest archive too old, as 36 hours without one would.
         _edit_json(server, path, "d['max_age_hours'] = 0")
-        _edit_json(server, f"/var/lib/cabinet/backup-server/{name}.json", "d['alerted'].pop('stale', None)")
+        state_dir = json.loads(server.check_output("cat /etc/cabinet/backup-server.json"))["state_dir"]
+        _edit_json(server, f"{state_dir}/{name}.json", "d['alerted'].pop('stale', None)")
         assert server_cmd(server, "check", name).rc != 0
         assert mailsink.wait_alert(sender, ROLE, f"no new off-site archive from {name}", before)["X-Cabinet-Severity"] == "critical"
     finally:
@@ -400,8 +404,9 @@ def test_offsite_server_alerts_when_a_practice_stops_sending(lab, client, offsit
 # ----------------------------------------------------------------------------- secrets, freshness
 def test_passphrase_in_no_world_readable_file_nor_the_journal(host, inventory):
     if is_server(inventory, host):
+        default = role_defaults(ROLE)["backup_offsite_server"]
         names = [n for n in inventory.group("backup_clients")
-                 if inventory.template(n, inventory.vars(n).get("backup_offsite_server", "")) == host.inventory_name]
+                 if inventory.template(n, inventory.vars(n).get("backup_offsite_server", default)) == host.inventory_name]
     else:
         names = [host.inventory_name]
     secrets = [inventory.template(n, inventory.vars(n).get("backup_passphrase", "")) for n in names]
