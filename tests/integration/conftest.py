@@ -273,6 +273,43 @@ def run_unit(handle: testinfra.host.Host, unit: str, timeout: float = 900) -> st
     raise AssertionError(f"{unit} still {state} after {timeout} s")
 
 
+# ----------------------------------------------------------------------------- secrets
+SECRET_ROOTS = "/etc /usr/local /var/log /tmp /root"
+
+
+def assert_secrets_not_exposed(handle: testinfra.host.Host, secrets: list[str], what: str,
+                               roots: str = SECRET_ROOTS) -> None:
+    """No world-readable file under ``roots`` and no journal line holds any of ``secrets``.
+
+    The suite runs as root (Molecule) or with the inventory's become (real hosts); a search
+    that cannot run fails the check rather than passing it.
+    """
+    for secret in secrets:
+        leaked = handle.run(f"find {roots} -xdev -type f -perm -o=r -size -5M "
+                            "-exec grep -qsF -e %s {} \\; -print", secret)
+        assert leaked.rc == 0, f"could not search the files: {leaked.stderr}"
+        assert leaked.stdout.strip() == "", f"world-readable files hold {what}: {leaked.stdout}"
+        journal = handle.run("journalctl --no-pager -q -o cat | grep -cF -e %s", secret)
+        assert journal.rc in (0, 1) and journal.stdout.strip().isdigit(), f"could not read the journal: {journal.stderr}"
+        assert journal.stdout.strip() == "0", f"{what} appears in the journal"
+
+
+def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: list[str], what: str,
+                                      marker: str) -> None:
+    """The Ansible log of the run (--ansible-log) holds none of ``secrets``.
+
+    ``marker`` is text the role's run always logs, so a log of some other run cannot pass.
+    """
+    log = request.config.getoption("ansible_log")
+    secrets = [s for s in secrets if s]
+    if not log or not secrets:
+        pytest.skip(f"no Ansible log to audit (give --ansible-log) or no {what} in this inventory")
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+    assert marker in text, f"{log} does not look like the log of a run with {marker!r}"
+    assert not [s for s in secrets if s in text], f"{what} appears in the Ansible output ({log})"
+
+
 # ----------------------------------------------------------------------------- report
 def pytest_collection_modifyitems(items) -> None:
     """Remember each test's host, so the summary does not guess it from parameter ids."""

@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from conftest import SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log
+
 ROLE = "alerting"
 AUDITED_GROUP = "cabinet_managed"
 ALERT = "/usr/local/sbin/cabinet-alert"
@@ -72,28 +74,11 @@ def test_relay_password_is_in_no_world_readable_file_nor_the_journal(host, expec
     password = expect("alerting_relay_password")
     if not password:
         pytest.skip("no relay password in this inventory")
-    # The suite runs as root (Molecule) or with the inventory's become (real hosts).
-    leaked = host.run(
-        "find /etc /usr/local /var/log /var/spool/postfix /tmp /root -xdev -type f -perm -o=r "
-        "-size -5M -exec grep -qsF -e %s {} \\; -print",
-        password,
-    )
-    assert leaked.rc == 0, f"could not search the files: {leaked.stderr}"
-    assert leaked.stdout.strip() == "", f"world-readable files hold the relay password: {leaked.stdout}"
-    journal = host.run("journalctl --no-pager -q -o cat | grep -cF -e %s", password)
-    assert journal.rc in (0, 1) and journal.stdout.strip().isdigit(), f"could not read the journal: {journal.stderr}"
-    assert journal.stdout.strip() == "0", "the relay password appears in the journal"
+    assert_secrets_not_exposed(host, [password], "the relay password", roots=SECRET_ROOTS + " /var/spool/postfix")
 
 
 def test_relay_password_never_in_ansible_output(request, expect):
-    password = expect("alerting_relay_password")
-    log = request.config.getoption("ansible_log")
-    if not log:
-        pytest.skip("no Ansible log to audit (give --ansible-log or set ANSIBLE_LOG_PATH)")
-    with open(log, encoding="utf-8", errors="replace") as handle:
-        text = handle.read()
-    assert "alerting" in text, f"{log} does not look like the log of an alerting run"
-    assert password not in text, f"the relay password appears in the Ansible output ({log})"
+    assert_secrets_not_in_ansible_log(request, [expect("alerting_relay_password")], "the relay password", "alerting")
 
 
 def test_flush_timer_is_active(host, expect):

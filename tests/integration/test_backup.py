@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from conftest import connect, role_defaults, run_unit
+from conftest import (SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect,
+                      role_defaults, run_unit)
 
 ROLE = "backup"
 AUDITED_GROUP = "backup_clients:backup_offsite"
@@ -413,23 +414,14 @@ def test_passphrase_in_no_world_readable_file_nor_the_journal(host, inventory):
     secrets = [s for s in secrets if s]
     if not secrets:
         pytest.skip("no backup passphrase for this host in the inventory")
-    for secret in secrets:
-        leaked = host.run("find / -xdev \\( -path /proc -o -path /sys \\) -prune -o -type f -perm -0004 -size -2M "
-                          "-exec grep -qsF -e %s {} \\; -print", secret)
-        assert leaked.stdout.strip() == "", f"world-readable files hold a backup passphrase: {leaked.stdout}"
-        journal = host.run("journalctl --no-pager -q -o cat | grep -cF -e %s", secret)
-        assert journal.stdout.strip() == "0", "a backup passphrase appears in the journal"
+    # Where backups keep their settings, state, dumps and (off site) repositories too.
+    assert_secrets_not_exposed(host, secrets, "a backup passphrase",
+                               roots=SECRET_ROOTS + " /var/lib /var/backups /srv")
 
 
 def test_passphrase_never_in_ansible_output(request, inventory):
-    log = request.config.getoption("ansible_log")
     secrets = [inventory.template(n, inventory.vars(n).get("backup_passphrase", "")) for n in inventory.group("backup_clients")]
-    secrets = [s for s in secrets if s]
-    if not log or not secrets:
-        pytest.skip("no Ansible log to audit (give --ansible-log) or no backup passphrase in this inventory")
-    with open(log, encoding="utf-8", errors="replace") as handle:
-        text = handle.read()
-    assert not [s for s in secrets if s in text], f"a backup passphrase appears in the Ansible output ({log})"
+    assert_secrets_not_in_ansible_log(request, secrets, "a backup passphrase", "Backup |")
 
 
 def test_each_repository_has_a_recent_success(client, expect):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import connect
+from conftest import assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect
 
 ROLE = "ups_monitoring"
 AUDITED_GROUP = "ups_server:ups_clients"
@@ -57,25 +57,12 @@ def test_passwords_in_no_world_readable_file_nor_the_journal(host, expect):
     secrets = [s for s in (expect("ups_monitoring_primary_password"), expect("ups_monitoring_secondary_password")) if s]
     if not secrets:
         pytest.skip("no UPS password in this inventory")
-    for secret in secrets:
-        leaked = host.run(
-            "find /etc /usr/local /var/log /tmp /root -xdev -type f -perm -o=r -size -5M "
-            "-exec grep -qsF -e %s {} \\; -print", secret)
-        assert leaked.rc == 0, f"could not search the files: {leaked.stderr}"
-        assert leaked.stdout.strip() == "", f"world-readable files hold a UPS password: {leaked.stdout}"
-        journal = host.run("journalctl --no-pager -q -o cat | grep -cF -e %s", secret)
-        assert journal.stdout.strip() == "0", "a UPS password appears in the journal"
+    assert_secrets_not_exposed(host, secrets, "a UPS password")
 
 
 def test_passwords_never_in_ansible_output(request, expect):
-    secrets = [s for s in (expect("ups_monitoring_primary_password"), expect("ups_monitoring_secondary_password")) if s]
-    log = request.config.getoption("ansible_log")
-    if not log or not secrets:
-        pytest.skip("no Ansible log to audit (give --ansible-log) or no UPS password in this inventory")
-    with open(log, encoding="utf-8", errors="replace") as handle:
-        text = handle.read()
-    assert "UPS monitoring" in text, f"{log} does not look like the log of an ups_monitoring run"
-    assert not [s for s in secrets if s in text], f"a UPS password appears in the Ansible output ({log})"
+    secrets = [expect("ups_monitoring_primary_password"), expect("ups_monitoring_secondary_password")]
+    assert_secrets_not_in_ansible_log(request, secrets, "a UPS password", "UPS monitoring")
 
 
 def test_driver_upsd_and_upsmon_run(host, expect):
