@@ -27,7 +27,7 @@ export ANSIBLE_STRATEGY := mitogen_linear
 endif
 endif
 
-.PHONY: help setup venv host images lint unit molecule test demo demo-clean clean
+.PHONY: help setup venv host images lint unit molecule converge verify idempotence destroy test demo demo-clean clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ unit: venv ## pytest tests/unit
 
 molecule: setup ## Every Molecule scenario, on Debian 12 and 13, with a summary
 	@bash scripts/molecule-all.sh $(SCENARIOS)
+
+# A developer's loop on kept containers: converge once, then verify (or idempotence) as often as
+# needed; destroy when done. SCENARIOS names one or more scenarios.
+converge verify idempotence destroy: setup
+	@test -n "$(SCENARIOS)" || { echo "ERROR: name the scenario(s): make $@ SCENARIOS=backup" >&2; exit 2; }
+	@for s in $(SCENARIOS); do echo "==> molecule $@ -s $$s"; molecule $@ -s $$s; done
 
 test: setup lint unit molecule ## The whole test suite (what CI runs)
 	@echo "==> make test: all passed"

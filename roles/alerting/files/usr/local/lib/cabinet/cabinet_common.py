@@ -1,0 +1,181 @@
+# cabinet_common: helpers shared by cabinet-hardening's root-run commands (cabinet-av,
+# cabinet-backup, cabinet-backup-server, cabinet-updates, cabinet-ups-event).
+# Managed by Ansible (role alerting, which every role depends on); local changes are overwritten.
+# Installed in /usr/local/lib/cabinet (root:root 0755, this file 0644): the commands put that
+# folder first on sys.path, so nothing a local user can write is ever imported by root.
+"""Alerts, re-alert timing, JSON state files, locks and logging for the cabinet-* commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Callable
+
+ALERT_COMMAND = "/usr/local/sbin/cabinet-alert"
+SEVERITIES = ("info", "warning", "critical")
+
+
+class Logger:
+    """Lines on stdout (the unit's journal), prefixed with the command's name."""
+
+    def __init__(self, program: str) -> None:
+        self.program = program
+
+    def __call__(self, message: str) -> None:
+        print(f"{self.program}: {message}", flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"{self.program}: {message}", file=sys.stderr, flush=True)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tail(text: str | None, lines: int = 15) -> str:
+    """The last ``lines`` lines of a command's output, for an alert's body."""
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def sha256(path: str | os.PathLike, *, fd: int | None = None) -> str:
+    """SHA-256 of a file, by path or from an already open descriptor (read from its start)."""
+    digest = hashlib.sha256()
+    if fd is not None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        for block in iter(lambda: os.read(fd, 1 << 20), b""):
+            digest.update(block)
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict, mode: int = 0o600) -> None:
+    """Write JSON through a new temporary file in the same folder, then rename it into place.
+
+    The temporary file is created with O_EXCL|O_NOFOLLOW, so a file or symlink planted under
+    its name is never followed or truncated; the rename replaces a link, never its target.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def alert(practice: str, severity: str, title: str, details: str, *,
+          command: str = ALERT_COMMAND, log: Callable[[str], None] | None = None,
+          footer: str | None = None, timeout: int = 120) -> bool:
+    """Raise an alert through cabinet-alert (journal + mail). True when it was queued.
+
+    The title and details go on the command line and standard input of cabinet-alert, never
+    through a shell. ``footer`` (default: the host's name) ends the details.
+    """
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity: expected one of {', '.join(SEVERITIES)}, got {severity!r}")
+    title = " ".join(title.split())  # one line, whatever a file name or a tool printed
+    if log:
+        log(f"ALERT [{severity}] {title}")
+    body = f"{details.rstrip()}\n\n{footer if footer is not None else 'Host: ' + socket.gethostname()}\n"
+    try:
+        done = subprocess.run([command, "--practice", practice, "--severity", severity, "--title", title, "-"],
+                              input=body, text=True, check=False, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"cabinet: could not raise the alert {title!r}: {exc}", file=sys.stderr, flush=True)
+        return False
+    return done.returncode == 0
+
+
+class State:
+    """A command's JSON state: when each condition was last alerted, plus free keys.
+
+    ``due(key)`` says whether a persisting condition may be alerted again (at most once per
+    ``realert_seconds``); ``mark`` records that it was; ``clear`` forgets it once it is over, so
+    the next occurrence alerts at once. Saved atomically, 0600.
+    """
+
+    def __init__(self, path: str | os.PathLike, realert_seconds: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.realert_seconds = realert_seconds
+        self.clock = clock
+        try:
+            self.data = load_json(self.path)
+            if not isinstance(self.data, dict):
+                self.data = {}
+        except (OSError, ValueError):
+            self.data = {}
+        if not isinstance(self.data.get("alerted"), dict):
+            self.data["alerted"] = {}
+
+    @property
+    def alerted(self) -> dict:
+        return self.data["alerted"]
+
+    def due(self, key: str, every_seconds: float | None = None) -> bool:
+        period = self.realert_seconds if every_seconds is None else every_seconds
+        last = self.alerted.get(key, 0)
+        now = self.clock()
+        # A clock set back (or a state file from the future) must not silence an alert for ever.
+        return last > now or now - last >= period
+
+    def mark(self, key: str) -> None:
+        self.alerted[key] = self.clock()
+
+    def clear(self, key: str) -> bool:
+        """Forget ``key``; True when it was set (the condition just ended)."""
+        return self.alerted.pop(key, None) is not None
+
+    def save(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data)
+
+
+def take_lock(path: str | os.PathLike, wait_seconds: float | None = None) -> IO | None:
+    """An exclusive flock on ``path``, held as long as the returned handle stays open.
+
+    ``wait_seconds`` None waits for ever; otherwise None is returned once it is over. The lock
+    file is opened without following a symlink, under a root-only folder (/run/lock is 1777:
+    a symlink planted there must not make root truncate another file).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    handle = os.fdopen(fd, "r+", encoding="utf-8")
+    deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return handle
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.5)
