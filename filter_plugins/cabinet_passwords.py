@@ -146,6 +146,9 @@ def _runs(text: str, min_run: int) -> Iterable[str]:
 def password_weaknesses(password: object, context: object = None, min_run: int = 4) -> list[str]:
     """Reasons a secret is obvious: words, sequences, keyboard walks, repeats, context words.
 
+    Each reason names a kind of weakness, never a part of the secret: the reasons end up in
+    error messages, logs and CI output.
+
     ``context``: words that must not appear in the secret (the practice's name, user names,
     host names); each is compared without case and accents, parts shorter than 4 ignored.
     """
@@ -157,7 +160,7 @@ def password_weaknesses(password: object, context: object = None, min_run: int =
     letters_only = re.sub(r"[^a-z]", "", plain)
     for word in COMMON_WORDS:
         if len(word) >= 4 and (word in plain or (word.isalpha() and word in letters_only)):
-            found.append(f"it contains the common word '{word}'")
+            found.append("it contains a common word or name from a password list")
             break
     if re.fullmatch(r"(.+?)\1+", text):
         found.append("it is one short pattern repeated")
@@ -165,7 +168,7 @@ def password_weaknesses(password: object, context: object = None, min_run: int =
         found.append("it repeats one character four times or more")
     runs = sorted(set(_runs(text, min_run)), key=len, reverse=True)
     if runs:
-        found.append(f"it contains the sequence or keyboard walk '{runs[0]}'")
+        found.append(f"it contains a sequence or keyboard walk ({min_run} or more characters in a row)")
     if PLACEHOLDERS.search(text):
         found.append("it looks like a placeholder left from an example")
     words: list[str] = []
@@ -176,7 +179,7 @@ def password_weaknesses(password: object, context: object = None, min_run: int =
     for item in words:
         for part in re.split(r"[\s@._,;:/\\-]+", _normalized(item)):
             if len(part) >= 4 and part in plain:
-                found.append(f"it contains '{part}', taken from the practice's own names")
+                found.append("it contains a word from the practice's own names (practice, host or user names)")
                 break
     return found
 

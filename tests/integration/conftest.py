@@ -147,6 +147,7 @@ def inventory(request: pytest.FixtureRequest) -> Inventory:
 def host(request: pytest.FixtureRequest, inventory: Inventory) -> testinfra.host.Host:
     handle = connect(inventory, request.param)
     handle.inventory_name = request.param
+    handle.cabinet_lab = bool(inventory.vars(request.param).get("cabinet_lab", False))
     return handle
 
 
@@ -274,24 +275,78 @@ def run_unit(handle: testinfra.host.Host, unit: str, timeout: float = 900) -> st
 
 
 # ----------------------------------------------------------------------------- secrets
+# Searched on every audited host; LAB_SECRET_ROOTS hold patient data on a real practice
+# (/srv, /var/lib: records, databases, backups), so only lab hosts are walked there.
 SECRET_ROOTS = "/etc /usr/local /var/log /tmp /root"
 
 
+def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) -> str:
+    """Put ``content`` in a new root-only folder on the host; return the file's path there.
+
+    Never through a command line: the content goes from a 0600 file on the controller by
+    ``podman cp`` (containers) or Ansible's copy module (real hosts, whose arguments travel
+    inside the module's payload), so neither the controller's nor the host's process list,
+    sudo's log or auth.log ever holds it. The caller removes the folder (``drop_private``).
+    """
+    import subprocess
+    import tempfile
+
+    folder = handle.check_output("umask 077 && mktemp -d /run/cabinet-audit.XXXXXXXX").strip()
+    assert folder.startswith("/run/cabinet-audit."), folder
+    remote = f"{folder}/{name}"
+    with tempfile.TemporaryDirectory(prefix="cabinet-audit.") as local_dir:
+        local = Path(local_dir) / name
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        backend = handle.backend
+        if backend.NAME == "podman":
+            done = subprocess.run(["podman", "cp", str(local), f"{backend.name}:{remote}"],
+                                  capture_output=True, text=True, check=False)
+            assert done.returncode == 0, f"podman cp failed: {done.stderr}"
+        elif backend.NAME == "local":
+            import shutil
+            shutil.copyfile(local, remote)
+        else:
+            done = handle.ansible("ansible.builtin.copy", f"src={local} dest={remote} owner=root group=root mode=0600",
+                                  become=True, check=False)
+            assert not done.get("failed"), f"could not copy to the host: {done.get('msg')}"
+    handle.check_output(f"chown root:root {remote} && chmod 0600 {remote}")
+    return remote
+
+
+def drop_private(handle: testinfra.host.Host, remote: str) -> None:
+    folder = os.path.dirname(remote)
+    assert folder.startswith("/run/cabinet-audit."), folder
+    handle.run(f"rm -rf -- {folder}")
+
+
 def assert_secrets_not_exposed(handle: testinfra.host.Host, secrets: list[str], what: str,
-                               roots: str = SECRET_ROOTS) -> None:
+                               roots: str = SECRET_ROOTS, lab_roots: str = "") -> None:
     """No world-readable file under ``roots`` and no journal line holds any of ``secrets``.
 
-    The suite runs as root (Molecule) or with the inventory's become (real hosts); a search
-    that cannot run fails the check rather than passing it.
+    ``lab_roots`` are searched too, on lab hosts only (see LAB_SECRET_ROOTS above). The
+    secrets reach the host as a root-only pattern file (``push_private_file``), never as a
+    command's argument: an audit through sudo must not write them to sudo's log or show
+    them in ``ps``. The suite runs as root (Molecule) or with the inventory's become (real
+    hosts); a search that cannot run fails the check rather than passing it.
     """
-    for secret in secrets:
+    secrets = [s for s in secrets if s]
+    assert secrets, f"no {what} to look for"
+    assert not [s for s in secrets if "\n" in s], f"{what}: a secret with a line break cannot be searched line by line"
+    if lab_roots and getattr(handle, "cabinet_lab", False):
+        roots = f"{roots} {lab_roots}"
+    patterns = push_private_file(handle, ("\n".join(secrets) + "\n").encode(), "patterns")
+    try:
         leaked = handle.run(f"find {roots} -xdev -type f -perm -o=r -size -5M "
-                            "-exec grep -qsF -e %s {} \\; -print", secret)
+                            f"-exec grep -qsF -f {patterns} {{}} \\; -print")
         assert leaked.rc == 0, f"could not search the files: {leaked.stderr}"
         assert leaked.stdout.strip() == "", f"world-readable files hold {what}: {leaked.stdout}"
-        journal = handle.run("journalctl --no-pager -q -o cat | grep -cF -e %s", secret)
+        journal = handle.run(f"journalctl --no-pager -q -o cat | grep -cF -f {patterns}")
         assert journal.rc in (0, 1) and journal.stdout.strip().isdigit(), f"could not read the journal: {journal.stderr}"
         assert journal.stdout.strip() == "0", f"{what} appears in the journal"
+    finally:
+        drop_private(handle, patterns)
 
 
 def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: list[str], what: str,

@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from conftest import SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log
+from conftest import (SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, drop_private,
+                      push_private_file)
 
 ROLE = "alerting"
 AUDITED_GROUP = "cabinet_managed"
@@ -127,6 +128,110 @@ def test_alert_reaches_the_msp_with_its_subject_and_the_journal(host, expect, ma
     assert token in logged
 
 
+def test_alert_keeps_its_journal_fields_with_a_multiline_body(host, mailsink):  # noqa: ARG001 - sends mail
+    """A body with blank lines and KEY=value lines stays in MESSAGE and adds no field."""
+    token = _token()
+    body = (f"First line {token}\n\nCABINET_PRACTICE=antivirus\nPRIORITY=7\nSYSLOG_IDENTIFIER=forged\n"
+            "\nlast line\n")
+    result = host.run(f"printf '%%s' %s | {ALERT} -p auto_updates -s critical -t %s -", body, f"Multi-line {token}")
+    assert result.rc == 0, result.stderr
+    entries = [json.loads(line) for line in host.check_output(
+        "journalctl -q --no-pager -t cabinet-alert CABINET_PRACTICE=auto_updates -o json").splitlines()
+        if token in line]
+    assert len(entries) == 1, f"the alert is not in the journal under CABINET_PRACTICE=auto_updates: {entries}"
+    entry = entries[0]
+    # A field given twice comes back as a list: each must be exactly one value, ours.
+    assert entry["CABINET_PRACTICE"] == "auto_updates"
+    assert entry["CABINET_SEVERITY"] == "critical"
+    assert entry["PRIORITY"] == "2"
+    assert entry["SYSLOG_IDENTIFIER"] == "cabinet-alert"
+    assert "CABINET_PRACTICE=antivirus" in entry["MESSAGE"] and "last line" in entry["MESSAGE"]
+
+
+# A watcher that reads every process's command line on the host, as often as it can, and
+# writes which of its patterns (by number, never the text) it saw. Started by systemd-run.
+ARGV_WATCHER = r"""
+import os, sys, time
+patterns = [p.encode() for p in open(sys.argv[1], encoding="utf-8").read().splitlines() if p]
+hits, stop = sys.argv[2], sys.argv[3]
+seen = set()
+while not os.path.exists(stop):
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    line = handle.read()
+            except OSError:
+                continue
+            seen.update(i for i, p in enumerate(patterns) if p in line)
+    with open(hits + ".tmp", "w") as out:
+        out.write(" ".join(map(str, sorted(seen))))
+    os.replace(hits + ".tmp", hits)
+    time.sleep(0.002)
+"""
+
+
+def _controller_argv_watch(patterns: list[bytes], seen: set[int], stop) -> None:
+    import os as _os
+    while not stop.is_set():
+        for pid in _os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        line = handle.read()
+                except OSError:
+                    continue
+                seen.update(i for i, p in enumerate(patterns) if p in line)
+        time.sleep(0.002)
+
+
+def test_secret_audit_never_puts_a_secret_in_a_command_line(lab, expect):
+    """The leak audit itself must not leak: no process, on the host or the controller, ever
+    has the secret in its arguments while the audit runs. A canary put in a command line on
+    purpose proves that the watchers would have seen it."""
+    import threading
+
+    password = expect("alerting_relay_password")
+    if not password:
+        pytest.skip("no relay password in this inventory")
+    canary = f"canary-{uuid.uuid4().hex}"
+    patterns = [canary, password]
+    watcher = push_private_file(lab, ARGV_WATCHER.encode(), "watch.py")
+    folder = watcher.rsplit("/", 1)[0]
+    pattern_file = push_private_file(lab, ("\n".join(patterns) + "\n").encode(), "patterns")
+    unit = f"cabinet-argv-watch-{uuid.uuid4().hex[:8]}"
+    seen_here: set[int] = set()
+    stop = threading.Event()
+    local = threading.Thread(target=_controller_argv_watch, args=([p.encode() for p in patterns], seen_here, stop))
+    try:
+        lab.check_output(f"systemd-run --unit {unit} --collect python3 {watcher} {pattern_file} {folder}/hits {folder}/stop")
+        deadline = time.monotonic() + 30
+        while not lab.file(f"{folder}/hits").exists and time.monotonic() < deadline:
+            time.sleep(0.5)
+        local.start()
+        # The canary, in a command line on the host and on the controller (through podman exec).
+        lab.check_output(f"sh -c ': {canary}; sleep 1'")
+        assert_secrets_not_exposed(lab, [password], "the relay password", roots=SECRET_ROOTS + " /var/spool/postfix")
+        time.sleep(0.5)
+        lab.check_output(f"touch {folder}/stop")
+        deadline = time.monotonic() + 30
+        while lab.service(unit).is_running and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seen_there = set(map(int, lab.check_output(f"cat {folder}/hits").split()))
+    finally:
+        stop.set()
+        if local.is_alive():
+            local.join(timeout=10)
+        lab.run(f"systemctl stop {unit} 2>/dev/null")
+        drop_private(lab, watcher)
+        drop_private(lab, pattern_file)
+    assert 0 in seen_there, "the host's watcher did not see the canary: it proves nothing"
+    assert 1 not in seen_there, "the relay password was in a process's arguments on the host during the audit"
+    if lab.backend.NAME != "local":
+        assert 0 in seen_here, "the controller's watcher did not see the canary: it proves nothing"
+    assert 1 not in seen_here, "the relay password was in a process's arguments on the controller during the audit"
+
+
 def test_mail_for_root_reaches_the_msp(host, expect, mailsink):
     token = _token()
     sent = host.run(f"printf 'Subject: cron output {token}\\n\\nbody\\n' | /usr/sbin/sendmail -oi root")
@@ -156,6 +261,10 @@ def test_alert_waits_while_the_relay_is_down_and_arrives_once(host, mailsink):
     assert host.run("systemctl start cabinet-mail-flush.service").rc == 0
     messages = mailsink.wait_for(token, timeout=90)
     assert len(messages) == 1
-    time.sleep(5)
-    assert len(mailsink.wait_for(token, timeout=1)) == 1, "the queued alert arrived more than once"
+    # Once Postfix's queue is empty, nothing is left that could deliver the alert again: only
+    # then is the count final.
+    deadline = time.monotonic() + 60
+    while _queue(host) and time.monotonic() < deadline:
+        time.sleep(1)
     assert _queue(host) == [], "the queue still holds mail after the relay came back"
+    assert len(mailsink.wait_for(token, timeout=1)) == 1, "the queued alert arrived more than once"

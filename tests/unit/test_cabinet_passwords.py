@@ -83,9 +83,9 @@ def test_policy_entropy_refuses_bad_policies(args, message):
 
 @pytest.mark.parametrize("secret, fragment", [
     ("", "empty"),
-    ("P@ssw0rd-2026!x", "common word 'password'"),
+    ("P@ssw0rd-2026!x", "common word"),
     ("Azertyuiop!987", "keyboard walk"),
-    ("xK9#abcdefgh!Q", "sequence or keyboard walk 'abcdefgh'"),
+    ("xK9#abcdefgh!Q", "sequence or keyboard walk"),
     ("Qz8!Qz8!Qz8!Qz8!", "one short pattern repeated"),
     ("Vq7#mmmmmmWk2$p", "repeats one character"),
     ("replace me with the relay account's password", "placeholder"),
@@ -98,7 +98,7 @@ def test_weaknesses_say_why(secret, fragment):
 
 def test_weaknesses_use_the_practice_context():
     found = password_weaknesses("Tilleuls#Vq7mWk2$p", ["Cabinet médical des Tilleuls", "srv-tilleuls"])
-    assert any("tilleuls" in reason for reason in found), found
+    assert any("the practice's own names" in reason for reason in found), found
     assert password_weaknesses("Vq7#mWk2$pLx9@rT", ["Cabinet médical des Tilleuls"]) == []
 
 
@@ -120,6 +120,33 @@ def test_secret_problem_refuses_obvious_and_reused_and_unresolved():
     assert "reused" in secret_problem("Vq7#mWk2$pLx9@rT", "p", others=["Vq7#mWk2$pLx9@rT"])
     assert "unresolved template" in secret_problem("{{ vault_x }}", "p")
     assert "empty" in secret_problem(None, "p")
+
+
+def _fragments(secret: str, size: int = 4) -> set[str]:
+    low = secret.lower()
+    return {low[i:i + size] for i in range(len(low) - size + 1)}
+
+
+@pytest.mark.parametrize("secret, kwargs, kind", [
+    ("{{ zq_xw }}", {}, "unresolved template"),
+    ("Qx7#kw", {}, "too weak"),
+    ("P@ssw0rd-Zq7Xw#Kj2Vb", {}, "common word"),
+    ("Zq7#Xw9-qwertyuiop-Kj2", {}, "keyboard walk"),
+    ("Zq7#Xw9-ghijklmnop-Kj2", {}, "sequence"),
+    ("Qz8!Wx5#Qz8!Wx5#Qz8!Wx5#", {}, "one short pattern repeated"),
+    ("Zq7#Xw9-bbbbbb-Kj2Vm", {}, "repeats one character"),
+    ("Zq7#Xw9-votre-Kj2Vm@Bt4", {}, "placeholder"),
+    ("Zq7#Xw9-Tilleuls-Kj2Vm", {"context": ["Cabinet médical des Tilleuls"]}, "own names"),
+    ("Zq7#Xw9-Kj2Vm@Bt4$Lp8", {"others": ["Zq7#Xw9-Kj2Vm@Bt4$Lp8"]}, "reused"),
+])
+def test_every_refusal_names_the_kind_never_a_part_of_the_secret(secret, kwargs, kind):
+    """Every refusal path of secret_problem: the message names the variable and the kind of
+    weakness, and holds no four characters in a row of the secret (any case)."""
+    problem = secret_problem(secret, "vault_x_secret", **kwargs)
+    assert problem.startswith("vault_x_secret: "), problem
+    assert kind in problem, problem
+    leaked = [f for f in _fragments(secret) if f in problem.lower()]
+    assert leaked == [], f"the message repeats part of the secret: {leaked} in {problem!r}"
 
 
 def test_filters_are_registered():
