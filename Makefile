@@ -48,7 +48,9 @@ host: ## Host packages (podman, runc, debootstrap, ...) and /etc/containers/cont
 	@bash scripts/setup-host.sh
 
 images: host ## Debian 12 and 13 base images (rebuilt only when their recipe changes)
-	@for r in $(RELEASES); do bash scripts/build-image.sh $$r & done; wait
+	@pids=(); for r in $(RELEASES); do bash scripts/build-image.sh $$r & pids+=($$!); done; \
+	 failed=0; for p in "$${pids[@]}"; do wait $$p || failed=1; done; \
+	 if [ $$failed -ne 0 ]; then echo "ERROR: a base image could not be built (see above)" >&2; exit 1; fi
 
 lint: venv ## yamllint and ansible-lint (production profile)
 	@echo "==> yamllint"; yamllint --strict .

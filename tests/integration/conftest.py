@@ -36,6 +36,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("ANSIBLE_LOG_PATH", ""),
         help="Ansible log of the run to audit for leaked secrets (default: $ANSIBLE_LOG_PATH)",
     )
+    parser.addoption(
+        "--lab-run",
+        action="store_true",
+        help="the inventory is a lab (Molecule, the demo): every audited host must be a lab host "
+             "(cabinet_lab: true), and any skip other than a declared 'not applicable' fails",
+    )
+
+
+# ----------------------------------------------------------------------------- skips
+# A check that does not apply to a host (a server check on a practice machine, a mode the
+# host is not in) says so with not_applicable(): in a lab run (--lab-run, as Molecule's
+# verify runs the suites) that is the only skip allowed, and every other skip fails the
+# run, so that a scenario cannot silently test nothing (a forgotten cabinet_lab: true, a
+# missing mail sink, a missing Ansible log). On a real inventory, skips stay skips: lab-only
+# tests do not apply to a client's machines.
+NOT_APPLICABLE = "n/a: "
+
+
+def not_applicable(reason: str) -> None:
+    """Skip: this check does not apply to this host (counted in the summary as n/a)."""
+    pytest.skip(NOT_APPLICABLE + reason)
+
+
+def _lab_run(config: pytest.Config) -> bool:
+    return bool(config.getoption("lab_run", default=False))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not _lab_run(item.config):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not reason.removeprefix("Skipped: ").startswith(NOT_APPLICABLE):
+        report.outcome = "failed"
+        report.longrepr = f"unexpected skip in a lab run (only not_applicable() may skip there): {reason}"
 
 
 # ----------------------------------------------------------------------------- inventory
@@ -169,21 +206,26 @@ def expect(request: pytest.FixtureRequest, inventory: Inventory, host) -> Callab
 
 
 @pytest.fixture(scope="module")
-def lab(inventory: Inventory, host) -> testinfra.host.Host:
+def lab(request: pytest.FixtureRequest, inventory: Inventory, host) -> testinfra.host.Host:
     """The host, when the inventory marks it as a lab machine (cabinet_lab: true).
 
     Tests that install packages, publish repositories or fake a pending reboot take this
     fixture: they prove outcomes in Molecule and the demo, never on a client's machine.
     """
     if not inventory.vars(host.inventory_name).get("cabinet_lab", False):
+        if _lab_run(request.config):
+            pytest.fail(f"{host.inventory_name} is audited in a lab run but is not a lab host: "
+                        "the scenario's inventory must set cabinet_lab: true")
         pytest.skip("changes the host to prove an outcome: runs only on lab hosts (cabinet_lab: true)")
     return host
 
 
 @pytest.fixture(scope="module")
-def mailsink(inventory: Inventory) -> "MailSink":
+def mailsink(request: pytest.FixtureRequest, inventory: Inventory) -> "MailSink":
     names = inventory.group(LAB_MAILSINK_GROUP)
     if not names:
+        if _lab_run(request.config):
+            pytest.fail("this lab has no mail sink (group lab_mailsink): add one to the scenario")
         pytest.skip(
             "needs the lab mail sink (group lab_mailsink): on a real inventory, alerts arrive "
             "in the MSP's own mailbox, which this suite cannot read or stop"
@@ -395,6 +437,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     if not table:
         return
     write = terminalreporter.write_line
+    reasons: dict[str, int] = defaultdict(int)
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(getattr(report, "longrepr", None), tuple) else str(report.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("cabinet-hardening: checks not run, by reason")
+        for reason, count in sorted(reasons.items(), key=lambda r: -r[1]):
+            write(f"{count:>5}  {reason}")
     terminalreporter.section("cabinet-hardening: per practice and host")
     write(f"{'practice':<18}{'host':<28}{'passed':>8}{'failed':>8}{'n/a':>6}  verdict")
     for (practice, target), counts in sorted(table.items()):

@@ -1,12 +1,13 @@
 """Bad input stops a role before any change, with a message that names the variable.
 
-Each case runs the role against the controller in check mode and with a tag no task has, so
-that only the tasks tagged `always` run: the platform check and the role's validation. A
-validation that failed to stop could therefore still not change this machine. The test
-asserts: the run failed, it failed in the role's validation (its argument specs or its
-"Validate" task), the message names the variable and what was expected, and nothing changed.
-Since tags hide the order of a normal run, another test checks that validation is the first
-thing every role's tasks/main.yml does.
+Each case runs the role against the controller in check mode with cabinet_validate_only, as
+the first play of site.yml (playbooks/validate.yml) runs it: the platform check, the role's
+argument specs and its validation, then `meta: end_role`. No --tags: a validation task that
+changed something would show in the recap, and a validation that failed to stop would reach
+end_role and the run would succeed. The test asserts: the run failed, it failed in the role's
+validation (its argument specs or its "Validate" task), the message names the variable and
+what was expected, and nothing changed. Another test checks that validation and end_role are
+the first things every role's tasks/main.yml does, and one runs a whole site.yml.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ CASES = [
     ("alerting", {"alerting_relay_tls_ca_cert": "not a pem"}, "alerting_relay_tls_ca_cert", "BEGIN CERTIFICATE"),
     ("alerting", {"alerting_relay_password": "Relais2026!"}, "alerting_relay_password", "too weak"),
     ("alerting", {"alerting_relay_password": "MotDePasse-Cabinet-2026!x"}, "alerting_relay_password", "too obvious"),
-    ("alerting", {"alerting_relay_password": "Tilleuls#Vq7mWk2$pLx9"}, "alerting_relay_password", "tilleuls"),
+    ("alerting", {"alerting_relay_password": "Tilleuls#Vq7mWk2$pLx9"}, "alerting_relay_password",
+     "a word from the practice's own names"),
     ("alerting", {"alerting_relay_password": "replace me with the relay account's password"},
      "alerting_relay_password", "placeholder"),
     ("auto_updates", {"auto_updates_reboot_time": "3:30"}, "auto_updates_reboot_time", "expected HH:MM"),
@@ -90,6 +92,15 @@ CASES = [
     ("password_policy", {"password_policy_pwhistory_remember": 0}, "password_policy_pwhistory_remember", "1 to 24"),
     ("password_policy", {"password_policy_privileged_accounts": "admin"}, "password_policy_privileged_accounts",
      "expected a YAML list"),
+    # inventories/example before issue 12: the account Ansible connects as, given a maximum age.
+    ("password_policy", {"ansible_user": "msp-admin", "password_policy_privileged_accounts": ["msp-admin"],
+                         "password_policy_privileged_max_days": 365}, "password_policy_privileged_accounts",
+     "msp-admin is an account Ansible connects as"),
+    ("password_policy", {"ansible_user": "msp-admin", "password_policy_privileged_accounts": ["msp-admin"],
+                         "password_policy_privileged_max_days": 365}, "password_policy_privileged_accept_lockout",
+     "another way in"),
+    ("password_policy", {"password_policy_privileged_accept_lockout": "msp-admin"},
+     "password_policy_privileged_accept_lockout", "expected a YAML list"),
     ("ups_monitoring", {"ups_monitoring_mode": "master"}, "ups_monitoring_mode", "standalone, netserver, netclient"),
     ("ups_monitoring", {"ups_monitoring_driver": ""}, "ups_monitoring_driver", "expected the NUT driver"),
     ("ups_monitoring", {"ups_monitoring_driver": "usbhid ups"}, "ups_monitoring_driver", "expected the NUT driver"),
@@ -159,10 +170,13 @@ CASES = [
     ("backup", {"backup_time": "1h30"}, "backup_time", "expected HH:MM"),
     ("backup", {"backup_verify_time": "dimanche 3h"}, "backup_verify_time", "systemd calendar event"),
     ("backup", {"backup_max_age_hours": 12}, "backup_max_age_hours", "expected 25 to 720"),
+    ("backup", {"backup_offsite_storage_quota": "500GB"}, "backup_offsite_storage_quota", "expected a size in G, T or P"),
+    ("backup", {"backup_offsite_storage_quota": "0G"}, "backup_offsite_storage_quota", "expected a size in G, T or P"),
     ("backup", {"backup_compression": "gzip"}, "backup_compression", "expected a borg compression"),
     ("backup", {"backup_server_root": "/"}, "backup_server_root", "other than /"),
-    # The controller (24 GiB) has less than 64 GiB of RAM: the memory check must stop the run.
-    ("antivirus", {"antivirus_min_memory_mb": 65536}, "antivirus_min_memory_mb", "MB of RAM, below"),
+    # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
+    ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
+     "antivirus_min_memory_mb", "MB of RAM, below"),
 ]
 
 
@@ -176,11 +190,15 @@ def run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.Completed
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
         "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
         "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_LIBRARY": str(ROOT / "tests" / "unit" / "library"),
     }
     env.pop("ANSIBLE_STRATEGY", None)
+    # cabinet_validate_only: each role runs up to the end of its validation, as the first
+    # play of site.yml runs it; no --tags, so a validation task that changed something would
+    # show in the recap. Check mode on top: this is the controller.
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", "localhost,",
-         "--tags", "cabinet-validation-only", str(PLAYBOOK), "-e", f"@{extra}",
+         str(PLAYBOOK), "-e", f"@{extra}", "-e", "cabinet_validate_only=true",
          "-e", f"ansible_python_interpreter={sys.executable}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
@@ -219,8 +237,9 @@ def test_good_input_passes_validation(role, tmp_path):
 
 
 def test_low_memory_only_warns_when_asked(tmp_path):
-    done = run_role("antivirus", {**GOOD["antivirus"], "antivirus_min_memory_mb": 65536,
-                                  "antivirus_memory_check": "warn"}, tmp_path)
+    done = run_role("antivirus", {**GOOD["antivirus"], "antivirus_min_memory_mb": 2048,
+                                  "harness_facts": {"memtotal_mb": 1024}, "antivirus_memory_check": "warn"},
+                    tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "MB of RAM, below antivirus_min_memory_mb" in output, output[-3000:]
@@ -245,6 +264,11 @@ def test_validation_comes_first(role):
     first = tasks[0]
     assert first.get("ansible.builtin.import_tasks") == "validate.yml", first
     assert "always" in first.get("tags", []), "validation must run whatever tags were asked for"
+    # playbooks/validate.yml runs each role up to here only, before any play changes a host.
+    second = tasks[1]
+    assert second.get("ansible.builtin.meta") == "end_role", second
+    assert second.get("when") == "cabinet_validate_only | default(false) | bool", second
+    assert "always" in second.get("tags", []), second
     assert (ROOT / "roles" / role / "meta" / "argument_specs.yml").is_file()
 
 
@@ -257,3 +281,59 @@ def test_unsupported_platform_stops_before_any_change(tmp_path):
     assert "Stop on an unsupported platform" in [l for l in output.splitlines() if l.startswith("TASK [")][-1]
     assert "cabinet-hardening supports Debian 11 only" in output, output[-3000:]
     assert recap_changed(output) == 0
+
+
+# ----------------------------------------------------------------------------- site.yml
+PLAYBOOKS = ROOT / "playbooks"
+
+
+def test_validation_table_matches_the_practice_playbooks():
+    """playbooks/validate.yml's table of where each role applies says what the playbooks say."""
+    import yaml
+
+    table = yaml.safe_load((PLAYBOOKS / "validate.yml").read_text(encoding="utf-8"))[0]["vars"]["__cabinet_role_groups"]
+    for role, groups in table.items():
+        plays = yaml.safe_load((PLAYBOOKS / f"{role}.yml").read_text(encoding="utf-8"))
+        assert plays[0].get("ansible.builtin.import_playbook") == "validate.yml", f"{role}.yml must validate first"
+        assert plays[0]["vars"]["cabinet_run_roles"] == [role]
+        patterns = set()
+        for play in plays[1:]:
+            patterns.update(play["hosts"].split(":"))
+        assert patterns == set(groups), f"{role}.yml applies to {sorted(patterns)}, validate.yml says {groups}"
+    site = yaml.safe_load((PLAYBOOKS / "site.yml").read_text(encoding="utf-8"))
+    assert site[0].get("ansible.builtin.import_playbook") == "validate.yml"
+    assert sorted(site[0]["vars"]["cabinet_run_roles"]) == sorted(table)
+
+
+def test_bad_backup_input_stops_a_whole_site_run_before_any_change(tmp_path):
+    """A bad backup variable stops site.yml in its first play, before alerting (the first
+    practice) or any other changes anything, on every host.
+
+    Run in check mode against the controller, without --tags: had the validation not come
+    first, alerting's play would report the packages and files it would change (changed > 0)
+    before backup's own validation stopped the run.
+    """
+    variables = {**GOOD["alerting"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"],
+                 "backup_retention_daily": 0}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"children": {
+        "cabinet_managed": {"hosts": {"localhost": {}}},
+        "backup_clients": {"hosts": {"localhost": {}}},
+    }}}), encoding="utf-8")
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(variables), encoding="utf-8")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_LOCALHOST_WARNING": "false"}
+    env.pop("ANSIBLE_STRATEGY", None)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
+         str(PLAYBOOKS / "site.yml"), "-e", f"@{extra}", "-e", "ansible_connection=local",
+         "-e", f"ansible_python_interpreter={sys.executable}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, f"the run did not stop:\n{output[-3000:]}"
+    assert "backup_retention_daily" in output, output[-3000:]
+    plays = [line for line in output.splitlines() if line.startswith("PLAY [")]
+    assert plays and all(p.startswith("PLAY [Validate") for p in plays), \
+        f"plays ran after the validation: {plays}\n{output[-3000:]}"
+    assert recap_changed(output) == 0, output[-3000:]
