@@ -20,14 +20,17 @@ if [ "${#scenarios[@]}" -eq 0 ]; then
   done
 fi
 mkdir -p build/molecule
-rm -f build/molecule/*.result
+rm -f build/molecule/*.result build/molecule/*-verify.xml
 
 run_one() {
   local s=$1 start rc
   start=$(date +%s)
   echo "==> molecule test -s $s (log: build/molecule/$s.log)"
-  NO_COLOR=1 molecule test -s "$s" > "build/molecule/$s.log" 2>&1
-  rc=$?
+  # Molecule's own step lines get a time stamp, for scripts/molecule-report.py.
+  NO_COLOR=1 molecule test -s "$s" 2>&1 | while IFS= read -r line; do
+    if [[ $line == INFO* ]]; then printf '@%(%s)T %s\n' -1 "$line"; else printf '%s\n' "$line"; fi
+  done > "build/molecule/$s.log"
+  rc=${PIPESTATUS[0]}
   echo "$s $rc $(( $(date +%s) - start ))" > "build/molecule/$s.result"
   if [ "$rc" -eq 0 ]; then echo "==> $s passed"; else echo "==> $s FAILED (exit $rc)"; fi
 }
@@ -49,6 +52,9 @@ for s in "${scenarios[@]}"; do
   if [ "$rc" -eq 0 ]; then result=passed; else result=FAILED; failed=$((failed + 1)); fi
   printf '  %-18s %-8s %s\n' "$s" "$result" "$secs"
 done
+echo
+echo "Seconds per phase (kept in build/molecule/times.md and times.json)"
+python3 scripts/molecule-report.py build/molecule || echo "(could not make the table)"
 if [ "$failed" -gt 0 ]; then
   for s in "${scenarios[@]}"; do
     read -r _ rc _ < "build/molecule/$s.result"
