@@ -198,7 +198,9 @@ def secret_problem(secret: object, name: object = "", min_bits: object = 80, con
         return f"{label}: the value is an unresolved template; is the vault loaded?"
     bits = password_entropy(text)
     if round(bits) < int(min_bits):
-        return (f"{label}: too weak, {bits:.0f} bits where {int(min_bits)} are needed "
+        # The measured strength is not printed: it would tell the secret's length and kinds of
+        # characters.
+        return (f"{label}: too weak: below the {int(min_bits)} bits needed "
                 f"(CNIL 2022-100: for example 14 characters of upper, lower case and digits, "
                 f"or 20 random words' worth of length)")
     weaknesses = password_weaknesses(text, context)

@@ -63,6 +63,22 @@ def _lab_run(config: pytest.Config) -> bool:
     return bool(config.getoption("lab_run", default=False))
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter files it as a skip
+def pytest_collectreport(report) -> None:
+    """A whole module skipped at collection (pytest.skip(allow_module_level=True),
+    importorskip) is an unexpected skip too in a lab run."""
+    if report.skipped and _LAB_RUN.get("on"):
+        report.outcome = "failed"
+        report.longrepr = f"unexpected skip at collection in a lab run: {report.longrepr}"
+
+
+_LAB_RUN: dict[str, bool] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _LAB_RUN["on"] = _lab_run(config)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
     outcome = yield
@@ -375,18 +391,30 @@ def assert_secrets_not_exposed(handle: testinfra.host.Host, secrets: list[str], 
     """
     secrets = [s for s in secrets if s]
     assert secrets, f"no {what} to look for"
-    assert not [s for s in secrets if "\n" in s], f"{what}: a secret with a line break cannot be searched line by line"
+    # Each assertion computes a boolean first: pytest prints the values of a failing
+    # expression, and a list of secrets must never reach a CI log.
+    multiline = any("\n" in s for s in secrets)
+    assert not multiline, f"{what}: a secret with a line break cannot be searched line by line"
     if lab_roots and getattr(handle, "cabinet_lab", False):
         roots = f"{roots} {lab_roots}"
     patterns = push_private_file(handle, ("\n".join(secrets) + "\n").encode(), "patterns")
     try:
-        leaked = handle.run(f"find {roots} -xdev -type f -perm -o=r -size -5M "
+        leaked = handle.run(f"find {roots} -xdev -type f -perm -o=r "
                             f"-exec grep -qsF -f {patterns} {{}} \\; -print")
         assert leaked.rc == 0, f"could not search the files: {leaked.stderr}"
         assert leaked.stdout.strip() == "", f"world-readable files hold {what}: {leaked.stdout}"
-        journal = handle.run(f"journalctl --no-pager -q -o cat | grep -cF -f {patterns}")
-        assert journal.rc in (0, 1) and journal.stdout.strip().isdigit(), f"could not read the journal: {journal.stderr}"
-        assert journal.stdout.strip() == "0", f"{what} appears in the journal"
+        # Every field of every entry (-o export: MESSAGE, but also _CMDLINE, where a secret
+        # passed as an argument lands), and a journal that could not be read, or is empty,
+        # fails rather than passes.
+        entries = handle.run("journalctl --no-pager -q -n 1 -o cat | wc -l")
+        assert entries.rc == 0 and entries.stdout.strip() not in ("", "0"), \
+            f"the journal could not be read or is empty: {entries.stderr}"
+        journal = handle.run("bash -c 'journalctl --no-pager -q -o export | grep -caF -f \"$1\"; "
+                             "echo \"journalctl=${PIPESTATUS[0]}\"' - " + patterns)
+        lines = journal.stdout.split()
+        assert len(lines) == 2 and lines[0].isdigit() and lines[1] == "journalctl=0", \
+            f"could not search the journal: {journal.stdout} {journal.stderr}"
+        assert lines[0] == "0", f"{what} appears in the journal"
     finally:
         drop_private(handle, patterns)
 
@@ -404,7 +432,8 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
     with open(log, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     assert marker in text, f"{log} does not look like the log of a run with {marker!r}"
-    assert not [s for s in secrets if s in text], f"{what} appears in the Ansible output ({log})"
+    found = any(s in text for s in secrets)
+    assert not found, f"{what} appears in the Ansible output ({log})"
 
 
 # ----------------------------------------------------------------------------- report

@@ -55,3 +55,37 @@ def test_without_the_journal_api_it_falls_back_to_syslog(monkeypatch):
     assert alert.journal("cabinet-alert", "warning", "backup", "-- a message that starts like an option") is True
     assert calls == [["logger", "-t", "cabinet-alert", "-p", "daemon.warning", "--",
                       "-- a message that starts like an option"]]
+
+
+def test_an_alert_with_odd_bytes_and_line_breaks_is_still_mailed(monkeypatch, tmp_path):
+    """A Latin-1 file name in the details, a title with CR/LF: the alert still goes out."""
+    import io
+
+    fake_journal(monkeypatch)
+    alert = load()
+    config = tmp_path / "alerting.conf"
+    config.write_text("[alerting]\nmsp_address = alertes@msp.example\npractice_name = Cabinet\nhostname = h.example\n",
+                      encoding="utf-8")
+    mail = tmp_path / "mail"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\ncat > {mail}\n", encoding="utf-8")
+    sendmail.chmod(0o755)
+    monkeypatch.setattr(alert, "CONFIG", str(config))
+    monkeypatch.setattr(alert, "SENDMAIL", str(sendmail))
+
+    class Stdin:
+        buffer = io.BytesIO(b"Fichier : /srv/patients/caf\xe9.pdf\r\nSubject: forged\n")
+
+    monkeypatch.setattr(alert.sys, "stdin", Stdin)
+    title = "Virus found in caf\udce9.pdf\r\nBcc: evil@example.org"
+    assert alert.main(["-p", "antivirus", "-s", "critical", "-t", title, "-"]) == 0
+    import email
+    from email import policy
+
+    sent = email.message_from_bytes(mail.read_bytes(), policy=policy.default)
+    # (Decoding RFC 2047 words may double a space; compare the words.)
+    assert " ".join(sent["Subject"].split()) == ("[Cabinet] [CRITICAL] [antivirus] h.example: "
+                               "Virus found in caf\ufffd.pdf Bcc: evil@example.org")
+    assert sent["Bcc"] is None and sent.get_all("Subject") == [sent["Subject"]]
+    body = sent.get_content()
+    assert "caf\ufffd.pdf" in body and "Subject: forged" in body

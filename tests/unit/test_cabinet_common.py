@@ -132,9 +132,13 @@ def test_alert_passes_title_and_details_without_a_shell(tmp_path):
     title = "Virus in $(touch /tmp/pwned) `id`;\nsecond line"
     assert cc.alert("antivirus", "critical", title, "details\n", command=str(fake), footer="Host: h")
     seen = json.loads(record.read_text(encoding="utf-8"))
-    assert seen["argv"] == ["--practice", "antivirus", "--severity", "critical", "--title",
-                            "Virus in $(touch /tmp/pwned) `id`; second line", "-"]
+    assert seen["argv"] == ["--practice=antivirus", "--severity=critical",
+                            "--title=Virus in $(touch /tmp/pwned) `id`; second line", "-"]
     assert seen["stdin"] == "details\n\nHost: h\n"
+    # A title that looks like an option stays a title; bytes that are not UTF-8 do not lose it.
+    assert cc.alert("antivirus", "critical", "--severity", "caf\udce9.pdf", command=str(fake), footer="")
+    seen = json.loads(record.read_text(encoding="utf-8"))
+    assert seen["argv"][2] == "--title=--severity" and "caf\\udce9.pdf" in seen["stdin"]
 
 
 def test_alert_reports_a_failure_and_refuses_a_bad_severity(tmp_path):
@@ -159,3 +163,36 @@ def test_sha256_by_path_and_by_descriptor(tmp_path):
 def test_tail_keeps_the_last_lines():
     assert cc.tail("a\nb\nc\n", 2) == "b\nc"
     assert cc.tail(None) == ""
+
+
+@pytest.mark.parametrize("value", ["x", None, float("nan"), float("inf"), True, [1]])
+def test_a_damaged_alert_time_neither_crashes_nor_silences(tmp_path, value):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"alerted": {"k": value}}, allow_nan=True), encoding="utf-8")
+    state = cc.State(path, realert_seconds=3600, clock=Clock())
+    assert state.due("k")
+
+
+def test_state_and_locks_refuse_a_folder_other_users_can_write(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(cc.UnsafePath):
+        cc.take_lock(shared / "x.lock", wait_seconds=0)
+    with pytest.raises(cc.UnsafePath):
+        cc.State(shared / "s.json", realert_seconds=60).save()
+    assert list(shared.iterdir()) == []
+
+
+def test_state_refuses_a_symlink_where_its_folder_should_be(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "state").symlink_to(elsewhere)
+    with pytest.raises(cc.UnsafePath):
+        cc.State(tmp_path / "state" / "s.json", realert_seconds=60).save()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_private_dir_creates_missing_folders_root_only(tmp_path):
+    made = cc.private_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700

@@ -145,6 +145,8 @@ def test_every_refusal_names_the_kind_never_a_part_of_the_secret(secret, kwargs,
     problem = secret_problem(secret, "vault_x_secret", **kwargs)
     assert problem.startswith("vault_x_secret: "), problem
     assert kind in problem, problem
+    # Nor its measured strength, which would tell its length and kinds of characters.
+    assert f"{password_entropy(secret):.0f} bits" not in problem, problem
     leaked = [f for f in _fragments(secret) if f in problem.lower()]
     assert leaked == [], f"the message repeats part of the secret: {leaked} in {problem!r}"
 

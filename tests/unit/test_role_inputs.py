@@ -180,9 +180,15 @@ CASES = [
 ]
 
 
+# The machine the harness describes: a supported Debian host, whatever the controller runs.
+HARNESS_FACTS = {"distribution": "Debian", "distribution_major_version": "12", "distribution_version": "12.8",
+                 "virtualization_type": "kvm", "virtualization_role": "guest"}
+
+
 def run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps({"role_under_test": role, **variables}), encoding="utf-8")
+    facts = {**HARNESS_FACTS, **variables.get("harness_facts", {})}
+    extra.write_text(json.dumps({"role_under_test": role, **variables, "harness_facts": facts}), encoding="utf-8")
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -223,7 +229,8 @@ def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp
     assert recap_changed(output) == 0
     for name, secret in overrides.items():
         if name.endswith(("_password", "_passphrase")) and secret:
-            assert secret not in output, f"the secret in {name} was printed"
+            printed = secret in output
+            assert not printed, f"the secret in {name} was printed"
 
 
 @pytest.mark.parametrize("role", sorted(GOOD))
@@ -293,30 +300,28 @@ def test_validation_table_matches_the_practice_playbooks():
 
     table = yaml.safe_load((PLAYBOOKS / "validate.yml").read_text(encoding="utf-8"))[0]["vars"]["__cabinet_role_groups"]
     for role, groups in table.items():
-        plays = yaml.safe_load((PLAYBOOKS / f"{role}.yml").read_text(encoding="utf-8"))
-        assert plays[0].get("ansible.builtin.import_playbook") == "validate.yml", f"{role}.yml must validate first"
-        assert plays[0]["vars"]["cabinet_run_roles"] == [role]
+        entry = yaml.safe_load((PLAYBOOKS / f"{role}.yml").read_text(encoding="utf-8"))
+        assert [p.get("ansible.builtin.import_playbook") for p in entry] == ["validate.yml", f"practices/{role}.yml"], \
+            f"{role}.yml must validate, then apply the practice's plays"
+        assert entry[0]["vars"]["cabinet_run_roles"] == [role]
+        plays = yaml.safe_load((PLAYBOOKS / "practices" / f"{role}.yml").read_text(encoding="utf-8"))
         patterns = set()
-        for play in plays[1:]:
+        for play in plays:
             patterns.update(play["hosts"].split(":"))
+            # A play variable outranks the inventory, which must not be able to skip the roles.
+            assert play["vars"]["cabinet_validate_only"] is False, play["name"]
         assert patterns == set(groups), f"{role}.yml applies to {sorted(patterns)}, validate.yml says {groups}"
     site = yaml.safe_load((PLAYBOOKS / "site.yml").read_text(encoding="utf-8"))
     assert site[0].get("ansible.builtin.import_playbook") == "validate.yml"
     assert sorted(site[0]["vars"]["cabinet_run_roles"]) == sorted(table)
+    # After the one validation, the practices' plays only: no second, skippable validation.
+    assert [p["ansible.builtin.import_playbook"] for p in site[1:]] == [f"practices/{r}.yml" for r in site[0]["vars"]["cabinet_run_roles"]]
 
 
-def test_bad_backup_input_stops_a_whole_site_run_before_any_change(tmp_path):
-    """A bad backup variable stops site.yml in its first play, before alerting (the first
-    practice) or any other changes anything, on every host.
-
-    Run in check mode against the controller, without --tags: had the validation not come
-    first, alerting's play would report the packages and files it would change (changed > 0)
-    before backup's own validation stopped the run.
-    """
-    variables = {**GOOD["alerting"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"],
-                 "backup_retention_daily": 0}
+def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None = None,
+                    playbook: str = "site.yml") -> subprocess.CompletedProcess:
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"children": {
+    inventory.write_text(json.dumps({"all": {"vars": inventory_vars or {}, "children": {
         "cabinet_managed": {"hosts": {"localhost": {}}},
         "backup_clients": {"hosts": {"localhost": {}}},
     }}}), encoding="utf-8")
@@ -325,11 +330,31 @@ def test_bad_backup_input_stops_a_whole_site_run_before_any_change(tmp_path):
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_LOCALHOST_WARNING": "false"}
     env.pop("ANSIBLE_STRATEGY", None)
-    done = subprocess.run(
+    return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
-         str(PLAYBOOKS / "site.yml"), "-e", f"@{extra}", "-e", "ansible_connection=local",
+         str(PLAYBOOKS / playbook), "-e", f"@{extra}", "-e", "ansible_connection=local",
          "-e", f"ansible_python_interpreter={sys.executable}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.parametrize("playbook", ["site.yml", "backup.yml"])
+@pytest.mark.parametrize("inventory_vars", [
+    {},
+    # A bad or hostile inventory must not be able to skip the validation or the roles.
+    {"cabinet_validated_roles": ["alerting", "password_policy", "auto_updates", "antivirus", "ups_monitoring", "backup"],
+     "cabinet_validate_only": False, "cabinet_run_roles": []},
+], ids=["plain", "inventory-tries-to-skip"])
+def test_bad_backup_input_stops_a_whole_run_before_any_change(tmp_path, playbook, inventory_vars):
+    """A bad backup variable stops site.yml (or backup.yml) in its first play, before alerting
+    (the first practice, and backup's dependency) or any other play changes anything.
+
+    Run in check mode against the controller, without --tags: had the validation not come
+    first, alerting's play would report the packages and files it would change (changed > 0)
+    before backup's own validation stopped the run.
+    """
+    variables = {**GOOD["alerting"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"],
+                 "backup_retention_daily": 0}
+    done = _site_check_run(tmp_path, variables, inventory_vars, playbook)
     output = done.stdout + done.stderr
     assert done.returncode != 0, f"the run did not stop:\n{output[-3000:]}"
     assert "backup_retention_daily" in output, output[-3000:]
@@ -337,3 +362,12 @@ def test_bad_backup_input_stops_a_whole_site_run_before_any_change(tmp_path):
     assert plays and all(p.startswith("PLAY [Validate") for p in plays), \
         f"plays ran after the validation: {plays}\n{output[-3000:]}"
     assert recap_changed(output) == 0, output[-3000:]
+
+
+def test_an_inventory_cannot_turn_a_run_into_validation_only(tmp_path):
+    """cabinet_validate_only from the inventory must not make site.yml apply nothing."""
+    variables = {**GOOD["alerting"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"]}
+    done = _site_check_run(tmp_path, variables, {"cabinet_validate_only": True}, "alerting.yml")
+    output = done.stdout + done.stderr
+    tasks = [line for line in output.splitlines() if line.startswith("TASK [")]
+    assert any("Install" in t for t in tasks), f"the alerting play stopped after its validation:\n{output[-3000:]}"

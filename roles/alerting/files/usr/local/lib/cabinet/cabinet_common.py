@@ -11,7 +11,9 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import math
 import os
+import stat
 import socket
 import subprocess
 import sys
@@ -102,8 +104,10 @@ def alert(practice: str, severity: str, title: str, details: str, *,
         log(f"ALERT [{severity}] {title}")
     body = f"{details.rstrip()}\n\n{footer if footer is not None else 'Host: ' + socket.gethostname()}\n"
     try:
-        done = subprocess.run([command, "--practice", practice, "--severity", severity, "--title", title, "-"],
-                              input=body, text=True, check=False, timeout=timeout)
+        # --title=...: a title that starts with '-' stays a title. Text that is not valid UTF-8
+        # (a file name) is escaped rather than losing the alert.
+        done = subprocess.run([command, f"--practice={practice}", f"--severity={severity}", f"--title={title}", "-"],
+                              input=body, encoding="utf-8", errors="backslashreplace", check=False, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"cabinet: could not raise the alert {title!r}: {exc}", file=sys.stderr, flush=True)
         return False
@@ -138,6 +142,8 @@ class State:
     def due(self, key: str, every_seconds: float | None = None) -> bool:
         period = self.realert_seconds if every_seconds is None else every_seconds
         last = self.alerted.get(key, 0)
+        if isinstance(last, bool) or not isinstance(last, (int, float)) or not math.isfinite(last):
+            last = 0  # a damaged entry must not silence (or crash) the alert
         now = self.clock()
         # A clock set back (or a state file from the future) must not silence an alert for ever.
         return last > now or now - last >= period
@@ -150,8 +156,43 @@ class State:
         return self.alerted.pop(key, None) is not None
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         write_json_atomic(self.path, self.data)
+
+
+class UnsafePath(OSError):
+    """A folder that another user could write, or a link where a folder was expected."""
+
+
+def private_dir(path: str | os.PathLike, mode: int = 0o700) -> Path:
+    """``path`` as a folder only its owner (this process's user) can write; created if missing.
+
+    An existing folder is accepted only if it is a real folder (not a symlink), owned by this
+    user and not writable by group or others; its ancestors must not let others replace it
+    (each one owned by root or this user, and not writable by others unless sticky and ours).
+    Raises UnsafePath otherwise: state and locks must never live where another user can plant
+    a file.
+    """
+    path = Path(path)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        private_dir(path.parent, 0o755)
+        return private_dir(path, mode)
+    info = os.lstat(path)
+    me = os.geteuid()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{path} is not a folder (a symlink or a file is there)")
+    if info.st_uid != me or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"{path} must be owned by uid {me} and writable by it alone "
+                         f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
+    for parent in path.resolve().parents:
+        pinfo = os.stat(parent)
+        if pinfo.st_uid not in (0, me) or (pinfo.st_mode & stat.S_IWOTH and not pinfo.st_mode & stat.S_ISVTX):
+            raise UnsafePath(f"{parent}, above {path}, can be changed by other users")
+    return path
 
 
 def take_lock(path: str | os.PathLike, wait_seconds: float | None = None) -> IO | None:
@@ -159,10 +200,11 @@ def take_lock(path: str | os.PathLike, wait_seconds: float | None = None) -> IO 
 
     ``wait_seconds`` None waits for ever; otherwise None is returned once it is over. The lock
     file is opened without following a symlink, under a root-only folder (/run/lock is 1777:
-    a symlink planted there must not make root truncate another file).
+    a symlink planted there must not make root truncate another file, nor another user hold
+    the lock to stop backups), so its folder must be one only the owner can write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     handle = os.fdopen(fd, "r+", encoding="utf-8")
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
