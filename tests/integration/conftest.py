@@ -258,12 +258,17 @@ class MailSink:
         self.host = handle
 
     def messages(self) -> list[dict[str, str]]:
+        """Every message, oldest first (Maildir names start with the time they arrived)."""
         script = (
             "import json, mailbox\n"
             "from email.header import decode_header, make_header\n"
             f"box = mailbox.Maildir({self.MAILDIR!r}, create=False)\n"
+            "import re\n"
+            "def arrival(key):\n"
+            "    m = re.match(r'(\\d+)\\.M(\\d+)', key)\n"
+            "    return (int(m[1]), int(m[2])) if m else (0, 0)\n"
             "out = []\n"
-            "for key, msg in box.items():\n"
+            "for key, msg in sorted(box.items(), key=lambda item: arrival(item[0])):\n"
             "    out.append({k: str(make_header(decode_header(msg.get(k, '')))) for k in\n"
             "                ('Subject', 'To', 'From', 'X-RcptTo', 'X-MailFrom', 'X-Cabinet-Practice',\n"
             "                 'X-Cabinet-Severity', 'X-Cabinet-Host')}\n"
