@@ -15,13 +15,14 @@ restore test catches a corrupted repository; runs never overlap; stale backups a
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 
 import pytest
 
 from conftest import (SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect,
-                      role_defaults, run_unit)
+                      not_applicable, role_defaults, run_unit)
 
 ROLE = "backup"
 AUDITED_GROUP = "backup_clients:backup_offsite"
@@ -29,6 +30,8 @@ SOURCE = "/srv/cabinet"
 ACCENTED = "Compte rendu d'échographie – Mme Dupré.pdf"
 LARGE = "imagerie/scanner-thorax.dcm"
 DUMP_DIR_DEFAULT = "/var/backups/cabinet-dumps"
+LOCK = "/run/cabinet-backup/lock"
+SERVER_SETTINGS = "/etc/cabinet/backup-server.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -39,14 +42,14 @@ def is_server(inventory, host) -> bool:
 @pytest.fixture(scope="module")
 def client(inventory, host):
     if is_server(inventory, host):
-        pytest.skip("practice-side check; this host is an off-site server")
+        not_applicable("practice-side check; this host is an off-site server")
     return host
 
 
 @pytest.fixture(scope="module")
 def server(inventory, host):
     if not is_server(inventory, host):
-        pytest.skip("off-site server check; this host is a practice machine")
+        not_applicable("off-site server check; this host is a practice machine")
     return host
 
 
@@ -54,7 +57,7 @@ def server(inventory, host):
 def offsite(inventory, client, expect):
     """The off-site server this practice machine backs up to, and its repository name there."""
     if not expect("backup_offsite_enabled"):
-        pytest.skip("this host has no off-site copy")
+        not_applicable("this host has no off-site copy")
     name = expect("backup_offsite_server")
     handle = connect(inventory, name)
     handle.inventory_name = name
@@ -100,6 +103,19 @@ def restore(client, repo: str, archive: str) -> dict[str, str]:
 
 def mail_host(handle) -> str:
     return handle.check_output("postconf -h myhostname")
+
+
+def wait_alert_naming(mailsink, sender: str, text: str, before: int, *needles: str, timeout: float = 90) -> dict:
+    """A new alert mentioning ``text`` whose body names every needle. The mail sink lists a
+    Maildir in no particular order, so "the last one" can be an older alert with the same title."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = mailsink.alerts(sender, ROLE, text)
+        hits = [m for m in found if all(n in m["body"] for n in needles)]
+        if len(found) > before and hits:
+            return hits[-1]
+        time.sleep(2)
+    raise AssertionError(f"no new alert mentioning {text!r} and naming {needles} from {sender} within {timeout:.0f} s")
 
 
 def server_cmd(server, *args: str):
@@ -157,9 +173,9 @@ def test_timers(client, expect):
 
 def test_local_disk_detached_between_runs(client, expect):
     if not expect("backup_local_enabled"):
-        pytest.skip("no local copy on this host")
+        not_applicable("no local copy on this host")
     mountpoint = expect("backup_local_mountpoint")
-    busy = client.run("fuser -s /run/lock/cabinet-backup.lock 2>/dev/null || "
+    busy = client.run(f"fuser -s {LOCK} 2>/dev/null || "
                       "systemctl is-active -q cabinet-backup.service cabinet-backup-verify.service")
     if busy.rc == 0:
         pytest.skip("a backup or verify is running now")
@@ -192,17 +208,23 @@ def test_server_keys_only_run_append_only_serve(server, expect):
     home = server.user(user).home
     keys = server.file(f"{home}/.ssh/authorized_keys")
     if not keys.exists:
-        pytest.skip("no practice registered on this server yet")
+        not_applicable("no practice registered on this server yet")
     assert keys.user == user and keys.mode == 0o600
     # sshd reads the keys as that user: every folder above them must let it through.
     assert server.run(f"runuser -u {user} -- test -r {keys.path}").rc == 0, \
         f"{user} cannot read {keys.path} (a folder above it is closed to it): every practice's login fails"
     lines = [line for line in keys.content_string.splitlines() if line.strip() and not line.startswith("#")]
     assert lines, "authorized_keys is empty"
+    state_dir = json.loads(server.check_output(f"cat {SERVER_SETTINGS}"))["state_dir"]
     for line in lines:
         name = line.rsplit("cabinet-backup@", 1)[-1] if "cabinet-backup@" in line else "?"
-        assert line.startswith(f'command="borg serve --append-only --restrict-to-repository {root}/{name}",restrict '), \
-            f"a key is not limited to append-only borg serve on its own repository: {line[:120]}"
+        # The server's session lock (shared), then append-only borg serve on its own repository,
+        # under a storage quota.
+        forced = re.fullmatch(
+            rf'command="flock -s -w [0-9]+ {re.escape(state_dir)}/locks/{re.escape(name)}\.lock borg serve --append-only'
+            rf' --restrict-to-repository {re.escape(root)}/{re.escape(name)} --storage-quota ([0-9.]+[GTP])",restrict'
+            r' ssh-ed25519 \S+ cabinet-backup@\S+', line)
+        assert forced, f"a key is not limited to append-only borg serve on its own repository under a quota: {line[:200]}"
 
 
 def test_server_secrets_and_timers(server, expect):
@@ -241,7 +263,7 @@ def test_run_writes_both_copies_and_they_restore_identical(lab, client, source_d
 
 def test_runs_never_overlap(lab, client, source_data):
     before = len(archives(client, "local"))
-    out = client.run("flock -n /run/lock/cabinet-backup.lock cabinet-backup run")
+    out = client.run(f"flock -n {LOCK} cabinet-backup run")
     assert out.rc == 0 and "holds the lock" in out.stdout, out.stdout + out.stderr
     assert len(archives(client, "local")) == before, "a second run went ahead while the first held the lock"
 
@@ -256,9 +278,19 @@ def test_offsite_key_cannot_make_the_server_lose_archives(lab, client, offsite, 
 
     # The key reaches nothing but its own repository, and never a shell.
     target = settings(client)["repositories"][-1]["url"].split("//")[1].split(":")[0]
-    shell = client.run("timeout 60 ssh -i /etc/cabinet/backup/id_ed25519 -o BatchMode=yes "
-                       f"-o UserKnownHostsFile=/etc/cabinet/backup/known_hosts {target} id </dev/null")
+    ssh = ("timeout 60 ssh -i /etc/cabinet/backup/id_ed25519 -o BatchMode=yes -o IdentitiesOnly=yes "
+           f"-o UserKnownHostsFile=/etc/cabinet/backup/known_hosts {target}")
+    shell = client.run(f"{ssh} id </dev/null")
     assert "uid=" not in shell.stdout, "the practice's key opened a shell on the off-site server"
+    # Refused by the forced command itself, not by a failed connection (ssh exits 255 on its own
+    # failures, timeout 124): borg, run instead of `id`, answers with its own usage and serves nothing.
+    assert shell.rc == 0 and shell.stdout.startswith("usage: borg"), \
+        f"not borg's answer to `id` (exit {shell.rc}): {shell.stdout[:200]} {shell.stderr[-400:]}"
+    # And the same key does reach borg serve: with no request, it says so itself.
+    serve = client.run(f"{ssh} borg serve </dev/null")
+    answer = serve.stdout + serve.stderr  # borg's stderr, which ssh relays
+    assert serve.rc == 0 and "Got connection close before repository was opened" in answer, \
+        f"the key does not reach borg serve (exit {serve.rc}): {answer[-400:]}"
     # Deleting the whole repository is refused by borg serve --append-only.
     whole = client.run("BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=YES cabinet-backup borg offsite delete")
     assert whole.rc != 0 and "append-only" in whole.stderr, whole.stderr[-400:]
@@ -270,8 +302,8 @@ def test_offsite_key_cannot_make_the_server_lose_archives(lab, client, offsite, 
     host_alerts = mail_host(server)
     before = len(mailsink.alerts(host_alerts, ROLE, "disappeared"))
     assert server_cmd(server, "check", name).rc != 0, "the guard did not notice the missing archives"
-    mail = mailsink.wait_alert(host_alerts, ROLE, "disappeared", before)
-    assert mail["X-Cabinet-Severity"] == "critical" and kept[0] in mail["body"]
+    mail = wait_alert_naming(mailsink, host_alerts, "disappeared", before, kept[0])
+    assert mail["X-Cabinet-Severity"] == "critical"
     prune = server_cmd(server, "prune", name)
     assert prune.rc != 0 and "not pruned" in prune.stdout, "the server pruned a tampered repository"
 
@@ -283,6 +315,130 @@ def test_offsite_key_cannot_make_the_server_lose_archives(lab, client, offsite, 
     assert restore(client, "offsite", kept[-2]) == source_data
     assert server_cmd(server, "check", name).rc == 0
     assert backup_now(client) == "success", "the practice could not back up after the roll-back"
+
+
+def server_repo(server, name: str) -> str:
+    return json.loads(server.check_output(f"cat {SERVER_SETTINGS}"))["root"] + f"/{name}"
+
+
+def segments(server, repo: str) -> set[str]:
+    return set(server.check_output(f"cd {shlex.quote(repo)} && find data -type f").split())
+
+
+def test_offsite_same_name_replacement_and_recreate_are_caught(lab, client, offsite, source_data, mailsink):
+    """A guard by name passes both; the guard by archive ID catches them, nothing is compacted,
+    and the roll-back brings the original archives back byte-identical."""
+    server, name = offsite
+    assert backup_now(client) == "success"
+    kept = archives(client, "offsite")
+    assert len(kept) >= 2
+    assert server_cmd(server, "check", name).rc == 0  # the baseline, by ID
+    repo = server_repo(server, name)
+    segments_before = segments(server, repo)
+    victim, rewritten = kept[-1], kept[-2]
+
+    # The practice's key deletes ::victim and writes a forged archive under the same name...
+    assert client.run(f"cabinet-backup borg offsite delete ::{victim}").rc == 0
+    forged = client.run(f"cabinet-backup borg offsite create ::{victim} /etc/hostname")
+    assert forged.rc == 0, forged.stderr[-400:]
+    # ...and rewrites another one with borg recreate (same name, a file left out).
+    recreated = client.run(f"cabinet-backup borg offsite recreate --exclude {SOURCE.lstrip('/')}/notes.txt ::{rewritten}")
+    assert recreated.rc == 0, recreated.stderr[-400:]
+    assert archives(client, "offsite") == kept, "the names are all there: a guard by name would pass"
+
+    sender = mail_host(server)
+    before = len(mailsink.alerts(sender, ROLE, f"archives of {name} disappeared or changed"))
+    assert server_cmd(server, "check", name).rc != 0, "the guard did not notice the replaced archives"
+    mail = wait_alert_naming(mailsink, sender, f"archives of {name} disappeared or changed", before,
+                             "same name", victim, rewritten)
+    assert mail["X-Cabinet-Severity"] == "critical"
+    prune = server_cmd(server, "prune", name)
+    assert prune.rc != 0 and "not compacted" in prune.stdout, prune.stdout + prune.stderr
+    assert segments_before <= segments(server, repo), "segments of the original archives were compacted away"
+
+    rollback = server_cmd(server, "rollback", name)
+    assert rollback.rc == 0, rollback.stdout + rollback.stderr
+    assert client.run("cabinet-backup reset-after-rollback offsite").rc == 0
+    assert archives(client, "offsite") == kept
+    assert restore(client, "offsite", victim) == source_data, "the original archive did not come back identical"
+    assert restore(client, "offsite", rewritten) == source_data, "the recreated archive did not come back identical"
+    assert server_cmd(server, "check", name).rc == 0
+    assert backup_now(client) == "success", "the practice could not back up after the roll-back"
+
+
+def test_offsite_guard_treats_a_locked_repository_as_busy(lab, client, offsite, mailsink):
+    """A long backup or borg check holds borg's lock: the hourly guard waits, says busy, and
+    alerts only once that lasts longer than its threshold (set to 0 here)."""
+    server, name = offsite
+    conf = json.loads(server.check_output(f"cat {SERVER_SETTINGS}"))
+    repo = server_repo(server, name)
+    sender = mail_host(server)
+    unreadable = f"repository of {name} cannot be read"
+    unreadable_before = len(mailsink.alerts(sender, ROLE, unreadable))
+    busy_before = len(mailsink.alerts(sender, ROLE, f"repository of {name} stays locked"))
+    server.check_output(f"cp -p {SERVER_SETTINGS} {SERVER_SETTINGS}.lab")
+    try:
+        _edit_json(server, SERVER_SETTINGS, "d['lock_wait_seconds'] = 3")
+        # borg's own repository lock, held as borg create or borg check holds it.
+        server.check_output(
+            f"runuser -u {conf['user']} -- env BORG_BASE_DIR=/tmp/cabinet-lab-borg BORG_RELOCATED_REPO_ACCESS_IS_OK=yes"
+            f" setsid -f sh -c 'echo $$ > /tmp/cabinet-lab-borg.pid; exec borg with-lock {repo} sleep 120'"
+            " >/dev/null 2>&1 </dev/null")
+        server.check_output(f"for i in $(seq 1 50); do ls {repo}/lock.exclusive >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1")
+        busy = server_cmd(server, "check", name)
+        assert busy.rc == 0 and "busy" in busy.stdout, busy.stdout + busy.stderr
+        # Busy for longer than the threshold: now it alerts.
+        _edit_json(server, SERVER_SETTINGS, "d['busy_alert_hours'] = 0")
+        lasting = server_cmd(server, "check", name)
+        assert lasting.rc != 0, lasting.stdout
+        mail = mailsink.wait_alert(sender, ROLE, f"repository of {name} stays locked", busy_before)
+        assert mail["X-Cabinet-Severity"] == "critical"
+        assert len(mailsink.alerts(sender, ROLE, unreadable)) == unreadable_before, \
+            "a locked repository was reported as unreadable"
+    finally:
+        server.run("kill $(cat /tmp/cabinet-lab-borg.pid) 2>/dev/null; rm -f /tmp/cabinet-lab-borg.pid")
+        server.check_output(f"mv {SERVER_SETTINGS}.lab {SERVER_SETTINGS}")
+    server.check_output(f"for i in $(seq 1 50); do test -e {repo}/lock.exclusive || exit 0; sleep 0.2; done; exit 1")
+    done = server_cmd(server, "check", name)
+    assert done.rc == 0 and "busy" not in done.stdout, done.stdout
+    assert "busy_since" not in json.loads(server_cmd(server, "status", name).stdout)[name]
+
+
+def test_stopped_or_killed_run_leaves_the_disk_unmounted(lab, client, source_data):
+    """systemctl stop (SIGTERM) while the disk is mounted: the run unmounts it on its way out;
+    a SIGKILL: ExecStopPost unmounts it."""
+    conf = settings(client)
+    mountpoint = shlex.quote(conf["local_mountpoint"])
+    wait_mounted = (f"(for i in $(seq 1 1200); do findmnt -n {mountpoint} >/dev/null && exit 0; sleep 0.05; done;"
+                    " echo never mounted; exit 1)")
+    for stop, unmounted_by in (("systemctl stop cabinet-backup.service", "stopped before the end"),
+                               ("systemctl kill --signal=SIGKILL cabinet-backup.service", "left mounted by a stopped command")):
+        since = client.check_output("date '+%Y-%m-%d %H:%M:%S'")
+        client.check_output("systemctl reset-failed cabinet-backup.service 2>/dev/null;"
+                            " systemctl start --no-block cabinet-backup.service")
+        hit = client.run(f"{wait_mounted} && {stop}")
+        assert hit.rc == 0, hit.stdout + hit.stderr
+        client.check_output("for i in $(seq 1 600); do case $(systemctl show -p ActiveState --value cabinet-backup.service)"
+                            " in inactive|failed) exit 0;; esac; sleep 0.2; done; exit 1")
+        journal = client.check_output(f"journalctl -u cabinet-backup --since {shlex.quote(since)} --no-pager -o cat")
+        assert client.run(f"findmnt -n {mountpoint}").rc != 0, f"the disk stays mounted after `{stop}`:\n{journal[-1500:]}"
+        assert unmounted_by in journal and "unmounted" in journal, journal[-1500:]
+    assert backup_now(client) == "success", "the next run failed after a stopped one"
+
+
+def test_disk_found_mounted_at_start_alerts_and_is_unmounted(lab, client, source_data, mailsink):
+    conf = settings(client)
+    local = next(r for r in conf["repositories"] if r["kind"] == "local")
+    sender = mail_host(client)
+    before = len(mailsink.alerts(sender, ROLE, "local disk found mounted"))
+    client.check_output(f"mount -o nodev,nosuid,noexec {shlex.quote(local['device'])} {shlex.quote(local['mountpoint'])}")
+    try:
+        assert backup_now(client) == "success"
+        mail = mailsink.wait_alert(sender, ROLE, "local disk found mounted", before)
+        assert mail["X-Cabinet-Severity"] == "warning"
+        assert client.run(f"findmnt -n {shlex.quote(local['mountpoint'])}").rc != 0, "the disk found mounted stays mounted"
+    finally:
+        client.run(f"umount {shlex.quote(local['mountpoint'])} 2>/dev/null")
 
 
 def test_offsite_down_local_still_written_alert_then_catch_up(lab, client, offsite, source_data, mailsink):
@@ -329,6 +485,34 @@ def test_restore_test_passes_then_catches_a_corrupted_repository(lab, client, of
         assert mail["X-Cabinet-Severity"] == "critical"
     finally:
         server.check_output(f"rm -rf {repo} && mv {repo}.lab-copy {repo}")
+
+
+def test_restore_test_reports_a_source_changed_in_place_with_mtime_kept(lab, client, source_data, mailsink):
+    """Same size, mtime set back: the size+mtime rule takes the file as unchanged, so the restore
+    test compares it, and the mismatch must reach the MSP, named for what it is."""
+    path = f"{SOURCE}/notes.txt"
+    assert backup_now(client) == "success"  # the newest archive holds the current content
+    saved = client.check_output(f"stat -c '%s %Y' {path}")
+    sender = mail_host(client)
+    subject = "restore test or check failed for local"
+    before = len(mailsink.alerts(sender, ROLE, subject))
+    edit = ("import os, sys\n"
+            "p = sys.argv[1]\n"
+            "st = os.stat(p)\n"
+            "with open(p, 'r+b') as f:\n"
+            "    data = f.read(); f.seek(0); f.write(data.replace(b'3', b'4'))\n"
+            "os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))\n")
+    client.check_output("python3 -c %s %s", edit, path)
+    try:
+        assert client.check_output(f"stat -c '%s %Y' {path}") == saved, "size or mtime moved"
+        assert run_unit(client, "cabinet-backup-verify.service", timeout=900) != "success", \
+            "the restore test did not notice a source file whose content changed with its mtime kept"
+        mail = wait_alert_naming(mailsink, sender, subject, before, path, "mtime")
+        assert mail["X-Cabinet-Severity"] == "critical"
+    finally:
+        undo = edit.replace("b'3', b'4'", "b'4', b'3'")
+        client.check_output("python3 -c %s %s", undo, path)
+    assert sha256_tree(client, SOURCE) == source_data
 
 
 def test_stale_backup_alerts(lab, client, mailsink, expect):
@@ -413,10 +597,10 @@ def test_passphrase_in_no_world_readable_file_nor_the_journal(host, inventory):
     secrets = [inventory.template(n, inventory.vars(n).get("backup_passphrase", "")) for n in names]
     secrets = [s for s in secrets if s]
     if not secrets:
-        pytest.skip("no backup passphrase for this host in the inventory")
+        not_applicable("no backup passphrase for this host in the inventory")
     # Where backups keep their settings, state, dumps and (off site) repositories too.
     assert_secrets_not_exposed(host, secrets, "a backup passphrase",
-                               roots=SECRET_ROOTS + " /var/lib /var/backups /srv")
+                               roots=SECRET_ROOTS + " /var/backups", lab_roots="/var/lib /srv")
 
 
 def test_passphrase_never_in_ansible_output(request, inventory):

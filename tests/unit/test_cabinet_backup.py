@@ -1,0 +1,354 @@
+"""The logic that decides in cabinet-backup and cabinet-backup-server, without containers.
+
+Guard comparison by archive ID and transaction history, the one-session prune, retention
+arguments, busy versus failed (borg's --log-json message IDs and exit codes), the restore
+test's "unchanged since" rule and what a mismatch means, the unmount on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SBIN = ROOT / "roles/backup/files/usr/local/sbin"
+sys.path.insert(0, str(ROOT / "roles/alerting/files/usr/local/lib/cabinet"))
+
+
+def load(name: str) -> types.ModuleType:
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(SBIN / name))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+server = load("cabinet-backup-server")
+client = load("cabinet-backup")
+
+
+def lock_timeout_line() -> str:
+    # What borg 1.2 and 1.4 write with --log-json when the lock wait ends.
+    return json.dumps({"type": "log_message", "time": 1.0, "levelname": "ERROR", "name": "borg.archiver",
+                       "message": "Failed to create/acquire the lock /srv/borg/x/lock.exclusive (timeout).",
+                       "msgid": "LockTimeout"})
+
+
+def a(name: str, ident: str, start: str = "2026-11-29T01:30:00.000000") -> dict:
+    return {"name": name, "id": ident, "start": start}
+
+
+# ----------------------------------------------------------------------------- guard by ID
+def test_same_name_replacement_is_caught_by_id():
+    recorded = [a("h-1", "aa"), a("h-2", "bb")]
+    now = [a("h-1", "aa"), a("h-2", "cc")]  # delete ::h-2, create ::h-2
+    seen = server.compare(recorded, now)
+    assert seen == {"missing": [], "replaced": ["h-2"], "added": ["h-2"]}
+    problems = server.guard_problems({"archives": recorded}, now, 10, 3)
+    assert problems and "replaced under the same name" in problems[0] and "h-2" in problems[0]
+
+
+def test_recreate_changes_the_id_and_is_caught():
+    recorded = [a("h-1", "aa")]
+    assert server.compare(recorded, [a("h-1", "a2")])["replaced"] == ["h-1"]
+
+
+def test_missing_archive_is_caught_and_new_ones_are_fine():
+    recorded = [a("h-1", "aa"), a("h-2", "bb")]
+    assert server.compare(recorded, [a("h-2", "bb"), a("h-3", "dd")]) == {"missing": ["h-1"], "replaced": [],
+                                                                         "added": ["h-3"]}
+    state = {"archives": recorded, "transaction": 10, "practice_commits": 3}
+    assert server.guard_problems(state, recorded + [a("h-3", "dd")], 14, 4) == []
+    assert "no longer listed" in server.guard_problems(state, [a("h-2", "bb")], 14, 4)[0]
+
+
+def test_transaction_history_going_back_is_unexplained():
+    state = {"archives": [a("h-1", "aa")], "transaction": 20, "practice_commits": 5}
+    assert "went back from 20 to 12" in server.guard_problems(state, [a("h-1", "aa")], 12, 5)[0]
+    assert "log shrank" in server.guard_problems(state, [a("h-1", "aa")], 20, 2)[0]
+
+
+def test_state_with_names_only_compares_by_name_once():
+    legacy = {"archives": ["h-1", "h-2"]}
+    assert server.recorded_archives(legacy) == [{"name": "h-1", "id": None}, {"name": "h-2", "id": None}]
+    assert server.compare(server.recorded_archives(legacy), [a("h-1", "aa")])["missing"] == ["h-2"]
+
+
+def test_session_problems_only_our_prune_may_change_the_repository():
+    before = [a("h-1", "aa"), a("h-2", "bb"), a("h-3", "cc")]
+    pruned = [a("h-2", "bb"), a("h-3", "cc")]
+    assert server.session_problems(before, pruned, 7, 7, 100, 104, "prune") == []
+    # The practice committed during the session (it should not even be able to connect).
+    assert "practice committed 1" in server.session_problems(before, pruned, 7, 8, 100, 104, "prune")[0]
+    # An archive that was not there before: someone else wrote.
+    assert "appeared" in server.session_problems(before, pruned + [a("h-3", "zz")], 7, 7, 100, 104, "prune")[0]
+    assert "went back" in server.session_problems(before, pruned, 7, 7, 100, 90, "prune")[0]
+
+
+def test_prune_arguments_leave_out_levels_set_to_zero():
+    settings = {"archive_prefix": "pc-", "retention": {"within_days": 0, "daily": 7, "weekly": 4, "monthly": 12,
+                                                      "yearly": 0}}
+    assert server.prune_arguments(settings) == ["prune", "--list", "--glob-archives", "pc-*", "--keep-daily", "7",
+                                                "--keep-weekly", "4", "--keep-monthly", "12"]
+    settings["retention"].update(within_days=2, yearly=2)
+    args = server.prune_arguments(settings)
+    assert args[4:6] == ["--keep-within", "2d"] and args[-2:] == ["--keep-yearly", "2"]
+
+
+def test_local_prune_uses_the_same_retention(monkeypatch):
+    calls = []
+    repo = types.SimpleNamespace(run=lambda *args, **_: calls.append(args) or subprocess.CompletedProcess(args, 0, "", ""))
+    conf = {"host": "pc", "run_timeout": 60,
+            "retention": {"within_days": 2, "daily": 7, "weekly": 4, "monthly": 12, "yearly": 2}}
+    client.prune_local(conf, repo)
+    assert calls[0][:4] == ("prune", "--lock-wait", "600", "--glob-archives") and calls[0][4] == "pc-*"
+    assert "--keep-within" in calls[0] and calls[1][0] == "compact"
+
+
+# ----------------------------------------------------------------------------- busy versus failed
+def test_lock_timeout_is_busy_by_message_id_not_text():
+    assert server.classify_failure(2, lock_timeout_line()) == "busy"
+    assert server.classify_failure(73, "") == "busy"  # borg 1.4, BORG_EXIT_CODES=modern
+    # The same English words without borg's message ID are not trusted.
+    assert server.classify_failure(2, "Failed to create/acquire the lock (timeout).") == "failed"
+    other = json.dumps({"type": "log_message", "levelname": "ERROR", "message": "x", "msgid": "Repository.CheckNeeded"})
+    assert server.classify_failure(2, other) == "failed"
+    assert server.classify_failure(0, "") == "ok"
+
+
+def test_busy_alerts_only_when_it_lasts():
+    now = 1_000_000.0
+    assert server.busy_verdict(None, now, 24) == (now, False)
+    assert server.busy_verdict(now - 3600, now, 24) == (now - 3600, False)
+    assert server.busy_verdict(now - 25 * 3600, now, 24) == (now - 25 * 3600, True)
+    assert server.busy_verdict(now + 999, now, 24) == (now, False)  # a clock set back restarts the count
+
+
+def test_client_open_failures_by_message_id():
+    missing = json.dumps({"type": "log_message", "levelname": "ERROR", "message": "Repository x does not exist.",
+                          "msgid": "Repository.DoesNotExist"})
+    closed = json.dumps({"type": "log_message", "levelname": "ERROR", "message": "Connection closed by remote host",
+                         "msgid": "ConnectionClosed"})
+    assert client.classify_open_failure(2, lock_timeout_line(), "ssh") == "busy"
+    assert client.classify_open_failure(2, missing, "local") == "missing"
+    assert client.classify_open_failure(2, closed, "ssh") == "unreachable"
+    assert client.classify_open_failure(2, closed, "local") == "failed"
+    assert client.classify_open_failure(2, "Permission denied", "ssh") == "failed"
+    assert "does not exist. [Repository.DoesNotExist]" in client.readable_errors(missing + "\nplain line")
+
+
+# ----------------------------------------------------------------------------- the one-session prune
+@pytest.fixture()
+def repo_client(tmp_path, monkeypatch):
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "pc.json").write_text(json.dumps({
+        "name": "pc", "host": "pc", "archive_prefix": "pc-", "max_age_hours": 36,
+        "retention": {"within_days": 2, "daily": 7, "weekly": 4, "monthly": 12, "yearly": 2}}))
+    conf = dict(server.DEFAULTS, root=str(tmp_path / "repos"), state_dir=str(tmp_path / "state"),
+                clients_dir=str(tmp_path / "clients"), alert_command="/bin/false", user="borg")
+    alerts = []
+    monkeypatch.setattr(server.cc, "alert", lambda practice, severity, title, details, **_: alerts.append((severity, title, details)))
+    c = server.Client(conf, tmp_path / "clients" / "pc.json")
+    c.alerts = alerts
+    return c
+
+
+def fake_repository(c, listings: list[list[dict]], commits_after: dict[str, int], steps: list[str]):
+    """Each archives() call returns the next listing; commits() the practice's count once the
+    named borg step ran ("" before any)."""
+    listings = iter(listings)
+    state = {"t": 100, "step": ""}
+    c.archives = lambda: next(listings)
+    c.commits = lambda: commits_after.get(state["step"], commits_after[""])
+    c.transaction = lambda: state["t"]
+
+    def borg(*args):
+        steps.append(args[0])
+        state["t"] += 4
+        state["step"] = args[0]
+        return subprocess.CompletedProcess(args, 0, "", "")
+    c.borg = borg
+
+
+def test_prune_session_compacts_when_only_its_prune_changed_things(repo_client):
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}, {"name": "pc-2", "id": "bb"}], transaction=90,
+                   practice_commits=5)
+    steps = []
+    before = [a("pc-1", "aa"), a("pc-2", "bb")]
+    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
+    assert server.prune_one(c) == "pruned"
+    assert steps == ["prune", "compact"] and not c.alerts
+    assert c.state["archives"] == [{"name": "pc-2", "id": "bb"}]
+
+
+def test_same_name_replacement_stops_before_prune_and_compact(repo_client):
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}], transaction=90, practice_commits=5)
+    steps = []
+    fake_repository(c, [[a("pc-1", "forged")]], {"": 7}, steps)
+    assert server.prune_one(c) == "tampered"
+    assert steps == [] and c.alerts[0][0] == "critical" and "same name" in c.alerts[0][2]
+    assert c.state["tampered"] and c.state["archives"] == [{"name": "pc-1", "id": "aa"}]
+
+
+def test_a_practice_commit_between_prune_and_compact_stops_compaction(repo_client):
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}], transaction=90, practice_commits=5)
+    steps = []
+    before = [a("pc-1", "aa"), a("pc-2", "bb")]
+    # After the prune, pc-2 is gone and the practice's transaction log grew: not explained by our prune.
+    fake_repository(c, [before, [before[0]]], {"": 5, "prune": 6}, steps)
+    assert server.prune_one(c) == "unexplained"
+    assert steps == ["prune"], "compacted although something unexplained happened"
+    assert c.alerts and c.alerts[0][0] == "critical" and c.state["tampered"]
+
+
+def test_a_tampered_repository_stays_stopped_until_rollback_or_accept(repo_client):
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}], tampered={"problems": ["x"]}, transaction=90)
+    steps = []
+    fake_repository(c, [[a("pc-1", "aa")]], {"": 5}, steps)
+    assert server.prune_one(c) == "tampered" and steps == []
+
+
+def test_busy_repository_is_not_unreadable(repo_client, monkeypatch):
+    c = repo_client
+    done = subprocess.CompletedProcess([], 2, "", lock_timeout_line() + "\n")
+    monkeypatch.setattr(server.subprocess, "run", lambda *_, **__: done)
+    with pytest.raises(server.Busy):
+        c.borg("list", "--json")
+    assert c.busy("locked") == 0 and not c.alerts
+    c.state["busy_since"] = time.time() - 30 * 3600
+    assert c.busy("locked") == 1 and c.alerts[-1][0] == "critical" and "stays locked" in c.alerts[-1][1]
+
+
+# ----------------------------------------------------------------------------- restore test rule
+def item_for(path: Path, **override) -> dict:
+    st = path.stat()
+    iso = lambda ns: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ns // 10**9)) + f".{ns // 1000 % 10**6:06d}"  # noqa: E731
+    item = {"type": "-", "path": str(path).lstrip("/"), "size": st.st_size, "mtime": iso(st.st_mtime_ns),
+            "ctime": iso(st.st_ctime_ns)}
+    item.update(override)
+    return item
+
+
+def test_unchanged_since_means_regular_file_same_size_and_mtime(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("Consultation du 3 mars\n")
+    item = item_for(f)
+    assert client.unchanged(client.lstat(str(f)), item)
+    assert not client.unchanged(client.lstat(str(f)), dict(item, size=1))
+    link = tmp_path / "link"
+    link.symlink_to(f)
+    assert not client.unchanged(client.lstat(str(link)), item)
+    assert not client.unchanged(None, item)
+
+
+def test_borg_rounds_microseconds_and_the_rule_still_matches(tmp_path):
+    """borg prints times rounded to the microsecond: a file at ...668_700 ns is ...669 us there.
+    Truncating the file's ns (as before) dropped such files from the restore test's sample."""
+    f = tmp_path / "scan.dcm"
+    f.write_bytes(b"x" * 10)
+    base = 1_795_975_822 * 10**9
+    os.utime(f, ns=(base + 870_668_700, base + 870_668_700))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(1_795_975_822))
+    item = {"type": "-", "path": str(f).lstrip("/"), "size": 10, "mtime": when + ".870669"}
+    assert client.borg_time_us(item["mtime"]) == base // 1000 + 870_669
+    assert client.unchanged(client.lstat(str(f)), item)
+    assert not client.unchanged(client.lstat(str(f)), dict(item, mtime=when + ".870671"))
+
+
+def test_content_changed_with_mtime_kept_is_a_mismatch_naming_tampering(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("Consultation du 3 mars\n")
+    item = item_for(f)
+    st = f.stat()
+    time.sleep(0.02)
+    f.write_text("Consultation du 4 mars\n")  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back; ctime moves
+    now = client.lstat(str(f))
+    assert client.unchanged(now, item), "the size+mtime rule takes this file as unchanged"
+    verdict = client.judge_mismatch(str(f), item, now, now)
+    assert verdict and "mtime" in verdict and "tampering" in verdict
+
+
+def test_mismatch_on_an_untouched_file_is_corruption(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x" * 10)
+    item = item_for(f)
+    now = client.lstat(str(f))
+    assert "corruption" in client.judge_mismatch(str(f), item, now, now)
+
+
+def test_a_file_written_during_the_test_is_not_a_mismatch(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x" * 10)
+    item = item_for(f)
+    before = client.lstat(str(f))
+    f.write_text("y" * 11)
+    assert client.judge_mismatch(str(f), item, before, client.lstat(str(f))) is None
+
+
+# ----------------------------------------------------------------------------- stop = unmount
+def test_sigterm_leaves_through_the_unmount(monkeypatch):
+    unmounted = []
+    monkeypatch.setattr(client, "unmount", lambda conf, spec, why="": unmounted.append(spec["mountpoint"]) or True)
+
+    def mount(self):
+        self.mounted_here = True
+    monkeypatch.setattr(client.Repository, "_mount", mount)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        spec = {"name": "local", "kind": "local", "mountpoint": "/mnt/x", "device": "LABEL=X", "path": "/mnt/x/r"}
+        with pytest.raises(client.Stopped) as stopped:
+            with client.Repository({"host": "pc"}, spec):
+                client.on_signal(signal.SIGTERM, None)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert unmounted == ["/mnt/x"]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, "a second SIGTERM could cut the unmount"
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def test_child_is_asked_to_stop_when_the_command_is_stopped(tmp_path):
+    marker = tmp_path / "stopped"
+    script = f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\ntime.sleep(30)\n"
+
+    def stop_soon(*_):
+        raise client.Stopped(143)
+    saved = signal.signal(signal.SIGALRM, stop_soon)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(client.Stopped):
+            client.run_child([sys.executable, "-c", script], timeout=20)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved)
+    assert marker.exists(), "the child got no SIGTERM"
+
+
+def test_disk_found_mounted_at_start_alerts_and_is_unmounted_after(monkeypatch):
+    alerts, unmounted = [], []
+    monkeypatch.setattr(client, "alert", lambda conf, severity, title, details: alerts.append((severity, title)))
+    monkeypatch.setattr(client, "unmount", lambda conf, spec, why="": unmounted.append(spec["mountpoint"]) or True)
+    monkeypatch.setattr(client, "mounted_source", lambda mountpoint: "/dev/loop7")
+    monkeypatch.setattr(client.subprocess, "run",
+                        lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, "/dev/loop7\n", ""))
+    monkeypatch.setattr(client.os.path, "realpath", lambda p: p)
+    monkeypatch.setattr(client.Path, "mkdir", lambda *_, **__: None)
+    spec = {"name": "local", "kind": "local", "mountpoint": "/mnt/x", "device": "LABEL=X", "path": "/mnt/x/r"}
+    with client.Repository({"host": "pc"}, spec):
+        pass
+    assert alerts and "found mounted" in alerts[0][1] and unmounted == ["/mnt/x"]
