@@ -319,9 +319,10 @@ def test_validation_table_matches_the_practice_playbooks():
 
 
 def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None = None,
-                    playbook: str = "site.yml") -> subprocess.CompletedProcess:
+                    playbook: str = "site.yml", groups: dict | None = None,
+                    limit: str | None = None) -> subprocess.CompletedProcess:
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(json.dumps({"all": {"vars": inventory_vars or {}, "children": {
+    inventory.write_text(json.dumps({"all": {"vars": inventory_vars or {}, "children": groups or {
         "cabinet_managed": {"hosts": {"localhost": {}}},
         "backup_clients": {"hosts": {"localhost": {}}},
     }}}), encoding="utf-8")
@@ -333,7 +334,7 @@ def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
          str(PLAYBOOKS / playbook), "-e", f"@{extra}", "-e", "ansible_connection=local",
-         "-e", f"ansible_python_interpreter={sys.executable}"],
+         "-e", f"ansible_python_interpreter={sys.executable}", *(["--limit", limit] if limit else [])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -371,3 +372,17 @@ def test_an_inventory_cannot_turn_a_run_into_validation_only(tmp_path):
     output = done.stdout + done.stderr
     tasks = [line for line in output.splitlines() if line.startswith("TASK [")]
     assert any("Install" in t for t in tasks), f"the alerting play stopped after its validation:\n{output[-3000:]}"
+
+
+def test_limit_to_a_practice_host_still_validates_the_off_site_settings_it_writes_with(tmp_path):
+    """With --limit <practice host>, the off-site server is not in the run, but the practice
+    host writes its key there with the server's backup_server_user: root must be refused."""
+    variables = {**GOOD["backup"], "backup_offsite_enabled": True, "backup_offsite_server": "offsite1"}
+    groups = {"cabinet_managed": {"hosts": {"localhost": {}}},
+              "backup_clients": {"hosts": {"localhost": {}}},
+              "backup_offsite": {"hosts": {"offsite1": {"backup_server_user": "root", "ansible_host": "192.0.2.1"}}}}
+    done = _site_check_run(tmp_path, variables, {}, "backup.yml", groups=groups, limit="localhost")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "backup_server_user (on offsite1)" in output, output[-3000:]
+    assert recap_changed(output) == 0, output[-3000:]
