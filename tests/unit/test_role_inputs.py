@@ -380,7 +380,7 @@ def test_limit_to_a_practice_host_still_validates_the_off_site_settings_it_write
     variables = {**GOOD["backup"], "backup_offsite_enabled": True, "backup_offsite_server": "offsite1"}
     groups = {"cabinet_managed": {"hosts": {"localhost": {}}},
               "backup_clients": {"hosts": {"localhost": {}}},
-              "backup_offsite": {"hosts": {"offsite1": {"backup_server_user": "root", "ansible_host": "192.0.2.1"}}}}
+              "backup_offsite": {"hosts": {"offsite1": {"backup_server_user": "root", "ansible_host": "127.0.0.1"}}}}
     done = _site_check_run(tmp_path, variables, {}, "backup.yml", groups=groups, limit="localhost")
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]
