@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import importlib.machinery
+import importlib.util
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import role_vars, run_unit
+from conftest import not_applicable, role_vars, run_unit
 
 ROLE = "auto_updates"
 AUDITED_GROUP = "cabinet_managed"
 HELPER = Path(__file__).parent / "files" / "cabinet-test-repo.sh"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "roles" / "auto_updates" / "files" / "usr" / "local" / "sbin" / "cabinet-updates"
 SECURITY = "origin=Debian,codename=${distro_codename}-security,label=Debian-Security"
 POINT = "origin=Debian,codename=${distro_codename},label=Debian"
 UPDATES = "origin=Debian,codename=${distro_codename}-updates"
@@ -41,6 +46,41 @@ def apt_value(host, key: str) -> str:
 
 def timer_calendar(host, unit: str) -> str:
     return host.check_output(f"systemctl show -p TimersCalendar --value {unit}")
+
+
+def cabinet_updates():
+    """The role's cabinet-updates, imported on the controller: the same parser that alerts."""
+    sys.path.insert(0, str(ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "lib" / "cabinet"))
+    loader = importlib.machinery.SourceFileLoader("cabinet_updates", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("cabinet_updates", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def security_sources(host) -> list[dict]:
+    """apt's package files on the host that match the security origin cabinet-updates checks."""
+    settings = json.loads(host.file("/etc/cabinet/auto_updates.json").content_string)
+    codename = host.check_output(". /etc/os-release && printf %s \"$VERSION_CODENAME\"")
+    policy = host.check_output("LC_ALL=C apt-cache policy")
+    return cabinet_updates().security_sources(policy, settings["security_origin"], codename)
+
+
+def unit_log(host, unit: str) -> str:
+    """What the unit's last run wrote to the journal (its invocation only)."""
+    invocation = host.check_output(f"systemctl show -p InvocationID --value {unit}")
+    assert invocation, f"{unit} has not run"
+    return host.check_output(f"journalctl -q --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+
+
+def wait_mail_queue_empty(host, timeout: float = 90) -> None:
+    """Once the host's Postfix queue is empty, every alert it raised so far has reached the sink."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if host.run("postqueue -j").stdout.strip() == "":
+            return
+        time.sleep(1)
+    raise AssertionError("alerts still queued on the host: " + host.run("postqueue -p").stdout)
 
 
 # ----------------------------------------------------------------------------- audit
@@ -103,6 +143,19 @@ def test_reboot_window(host, expect):
     assert settings["reboot_enabled"] == expect("auto_updates_reboot_enabled")
 
 
+def test_reboot_window_reboots_except_in_the_test_rig(host):
+    """Only the rig's podman containers record the reboot; LXC guests and real hosts run it."""
+    settings = json.loads(host.file("/etc/cabinet/auto_updates.json").content_string)
+    virt = host.run("systemd-detect-virt --container").stdout.strip()
+    assert settings["reboot_action"] == ("record" if virt == "podman" else "run"), f"container: {virt}"
+
+
+def test_security_origin_is_among_apts_sources(host):
+    """Without a <codename>-security source, no security update ever arrives, silently."""
+    found = security_sources(host)
+    assert found, "apt has no package file from the security origin unattended-upgrades installs from"
+
+
 def test_daily_health_check_is_scheduled(host, expect):
     timer = host.service("cabinet-updates-check.timer")
     assert timer.is_enabled and timer.is_running
@@ -111,7 +164,7 @@ def test_daily_health_check_is_scheduled(host, expect):
 
 def test_needrestart_restarts_services(host, expect):
     if not expect("auto_updates_needrestart_enabled"):
-        pytest.skip("needrestart disabled in this inventory")
+        not_applicable("needrestart disabled in this inventory")
     assert host.package("needrestart").is_installed
     conf = host.file("/etc/needrestart/conf.d/cabinet.conf").content_string
     assert f"$nrconf{{restart}} = '{expect('auto_updates_needrestart_mode')}';" in conf
@@ -127,7 +180,7 @@ def test_package_lists_refresh(host, expect):
 def test_no_security_update_pending_too_long(host, expect):
     state_file = host.file("/var/lib/cabinet/auto_updates-state.json")
     if not state_file.exists:
-        pytest.skip("the daily check has not run on this host yet: no pending update has been recorded")
+        not_applicable("the daily check has not run on this host yet: no pending update has been recorded")
     pending = json.loads(state_file.content_string).get("pending_security", {})
     limit = expect("auto_updates_pending_security_max_days") * 86400
     overdue = [p for p, first in pending.items() if time.time() - first > limit]
@@ -215,6 +268,70 @@ def test_failing_upgrade_reaches_the_msp(lab, repo, mailsink):
     lab.run("dpkg --purge --force-all cabinet-test-broken")
 
 
+SOURCES_BACKUP = "/root/cabinet-test-apt-backup"
+
+
+@pytest.fixture()
+def only_lab_sources(lab, repo):
+    """apt with the lab's repositories only: Debian's own sources and lists are set aside, then restored."""
+    lab.check_output(
+        f"rm -rf {SOURCES_BACKUP} && mkdir -p {SOURCES_BACKUP}/sources.list.d && "
+        f"cp -a /var/lib/apt/lists {SOURCES_BACKUP}/lists && "
+        "{ [ ! -e /etc/apt/sources.list ] || mv /etc/apt/sources.list " + SOURCES_BACKUP + "/; } && "
+        "find /etc/apt/sources.list.d -maxdepth 1 -type f ! -name 'cabinet-test*' "
+        f"-exec mv -t {SOURCES_BACKUP}/sources.list.d {{}} +")
+    try:
+        yield
+    finally:
+        lab.run("cabinet-test-repo security-source off")
+        lab.check_output(
+            f"{{ [ ! -e {SOURCES_BACKUP}/sources.list ] || mv {SOURCES_BACKUP}/sources.list /etc/apt/; }} && "
+            f"find {SOURCES_BACKUP}/sources.list.d -maxdepth 1 -type f -exec mv -t /etc/apt/sources.list.d {{}} + && "
+            f"rm -rf /var/lib/apt/lists && mv {SOURCES_BACKUP}/lists /var/lib/apt/lists && rm -rf {SOURCES_BACKUP}")
+        lab.run("rm -f /var/cache/apt/*.bin")
+
+
+def test_security_source_is_checked_with_the_roles_real_origin(lab, repo, only_lab_sources, mailsink, expect):
+    """A repository that says what Debian's security archive says of itself (Origin Debian,
+    Label Debian-Security, Suite <codename>-security) is what unattended-upgrades installs from
+    and what the daily check finds; without it, the check alerts the MSP."""
+    codename = lab.check_output(". /etc/os-release && printf %s \"$VERSION_CODENAME\"")
+    title = f"No security updates: {codename}-security is not among apt's sources"
+    hostname = lab.check_output("postconf -h myhostname")
+    before = len(mailsink.alerts(hostname, ROLE, title))
+
+    lab.check_output("cabinet-test-repo security-source on")
+    repo("debian-security", "cabinet-test-secfix", "1.0")
+    apt_update(lab)
+    installed = lab.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q cabinet-test-secfix=1.0")
+    assert installed.rc == 0, installed.stderr
+    repo("debian-security", "cabinet-test-secfix", "2.0")
+    apt_update(lab)
+    # unattended-upgrades itself, with the role's configuration, takes it as the security origin.
+    assert run_unit(lab, "apt-daily-upgrade.service") == "success"
+    assert installed_version(lab, "cabinet-test-secfix") == "2.0", \
+        "unattended-upgrades did not install from a repository matching the role's security origin"
+    assert [f["location"] for f in security_sources(lab)] == \
+        ["file:/srv/cabinet-test-repo/debian-security ./ Packages"], "the lab's sources are not the only ones"
+    lab.check_output("rm -f /var/lib/cabinet/auto_updates-state.json")
+    assert run_unit(lab, "cabinet-updates-check.service") == "success"
+    assert title not in unit_log(lab, "cabinet-updates-check.service"), "alerted with the security source present"
+
+    # The host loses its security source: the next daily check alerts.
+    lab.check_output("cabinet-test-repo security-source off")
+    apt_update(lab)
+    assert security_sources(lab) == []
+    assert run_unit(lab, "cabinet-updates-check.service") == "success"
+    assert f"ALERT [critical] {title}" in unit_log(lab, "cabinet-updates-check.service")
+    alert = mailsink.wait_alert(hostname, ROLE, title, before, timeout=90)
+    assert "[CRITICAL] [auto_updates]" in alert["Subject"]
+    assert f"origin=Debian,codename={codename}-security,label=Debian-Security" in alert["body"]
+    # The security source checked while present raised nothing: only this one arrived.
+    wait_mail_queue_empty(lab)
+    assert len(mailsink.alerts(hostname, ROLE, title)) == before + 1
+    lab.run("dpkg --purge cabinet-test-secfix")
+
+
 def test_security_update_pending_too_long_raises_an_alert(lab, repo, mailsink, expect):
     """A security update the blacklist holds back is alerted once it has waited past the limit."""
     repo("trusted", "cabinet-test-held", "1.0")
@@ -235,23 +352,42 @@ def test_security_update_pending_too_long_raises_an_alert(lab, repo, mailsink, e
     assert installed_version(lab, "cabinet-test-held") == "1.0"
 
 
-def test_pending_reboot_alerts_and_the_window_would_reboot(lab, expect, mailsink):
+def test_pending_reboot_alerts_only_past_the_grace_and_the_window_would_reboot(lab, expect, mailsink):
+    """A reboot pending since the morning (a workstation that was off at night and upgraded at
+    boot) raises nothing: its evening shutdown is its reboot. Pending past the grace period, it
+    raises the alert; the window's service records the reboot it would run in the rig."""
     if not expect("auto_updates_reboot_enabled"):
-        pytest.skip("automatic reboots disabled in this inventory")
+        not_applicable("automatic reboots disabled in this inventory")
+    grace = expect("auto_updates_reboot_alert_after_hours")
+    title = "Reboot required to finish security updates"
+    hostname = lab.check_output("postconf -h myhostname")
+    before = len(mailsink.alerts(hostname, ROLE, title))
     lab.run("rm -f /var/lib/cabinet/reboot-requested /var/lib/cabinet/auto_updates-state.json")
     lab.check_output("echo '*** System restart required ***' > /run/reboot-required && "
                      "echo cabinet-test-kernel > /run/reboot-required.pkgs")
     try:
-        hostname = lab.check_output("postconf -h myhostname")
-        assert run_unit(lab, "cabinet-updates-check.service") == "success"
-        alerts = mailsink.wait_for("Reboot required to finish security updates", timeout=90)
-        mine = [m for m in alerts if hostname in m["Subject"]]
-        assert mine, "no pending-reboot alert reached the MSP"
-        assert "cabinet-test-kernel" in mine[-1]["body"]
-        assert expect("auto_updates_reboot_time") in mine[-1]["body"]
+        if grace > 0:
+            assert run_unit(lab, "cabinet-updates-check.service") == "success"
+            log = unit_log(lab, "cabinet-updates-check.service")
+            assert f"alerted only after {grace} h" in log, log
+            assert f"ALERT [warning] {title}" not in log, "a reboot pending for seconds was alerted"
 
-        # The window's own unit, as its timer would start it. In a container it records the
-        # command instead of running it; on a real host this is the reboot.
+        # Pending since before the grace period, in this boot: the check alerts.
+        lab.check_output(f"touch -d '{grace + 2} hours ago' /run/reboot-required")
+        assert run_unit(lab, "cabinet-updates-check.service") == "success"
+        assert f"ALERT [warning] {title}" in unit_log(lab, "cabinet-updates-check.service")
+        mailsink.wait_alert(hostname, ROLE, title, before, timeout=90)
+        # Exactly one: the fresh pending reboot checked first raised none.
+        wait_mail_queue_empty(lab)
+        mails = mailsink.alerts(hostname, ROLE, title)
+        assert len(mails) == before + 1, f"{len(mails) - before} reboot alerts, expected 1"
+        # The sink's order is not the order of arrival: pick this run's alert by its content.
+        mine = [m for m in mails if f"{grace + 2} h without a reboot" in m["body"]
+                and "cabinet-test-kernel" in m["body"] and expect("auto_updates_reboot_time") in m["body"]]
+        assert mine, "the reboot alert does not say for how long, for what, and when the window is"
+
+        # The window's own unit, as its timer would start it. In the rig's containers it
+        # records the command instead of running it; on a real host this is the reboot.
         assert run_unit(lab, "cabinet-reboot.service") == "success"
         flag = lab.file("/var/lib/cabinet/reboot-requested")
         assert flag.exists, "the reboot window did not act on the pending reboot"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect
+from conftest import assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect, not_applicable
 
 ROLE = "ups_monitoring"
 AUDITED_GROUP = "ups_server:ups_clients"
@@ -56,7 +56,7 @@ def test_files_with_credentials_are_root_nut_0640(host, expect):
 def test_passwords_in_no_world_readable_file_nor_the_journal(host, expect):
     secrets = [s for s in (expect("ups_monitoring_primary_password"), expect("ups_monitoring_secondary_password")) if s]
     if not secrets:
-        pytest.skip("no UPS password in this inventory")
+        not_applicable("no UPS password in this inventory")
     assert_secrets_not_exposed(host, secrets, "a UPS password")
 
 
@@ -78,7 +78,7 @@ def test_driver_upsd_and_upsmon_run(host, expect):
 
 def test_upsd_listens_only_where_configured(host, expect):
     if expect("ups_monitoring_mode") not in SERVING:
-        pytest.skip("a netclient runs no upsd")
+        not_applicable("a netclient runs no upsd")
     port = expect("ups_monitoring_listen_port")
     lines = host.check_output(f"ss -Htln 'sport = :{port}'").splitlines()
     listening = {re.sub(r"^\[|\]$", "", line.split()[3].rsplit(":", 1)[0]) for line in lines}
@@ -120,6 +120,13 @@ def test_early_shutdown_timer(host, expect):
         return
     assert start and int(start[0][1]) == minutes * 60
     assert re.search(rf"^AT ONLINE \* CANCEL-TIMER {re.escape(start[0][0])}$", conf, re.M)
+
+
+def test_event_state_is_nuts_alone(host):
+    """cabinet-ups-event keeps when each kind was last mailed; nobody else may read or plant it."""
+    folder = host.file("/var/lib/cabinet-ups")
+    assert folder.is_directory and not folder.is_symlink
+    assert (folder.user, folder.group, folder.mode) == ("nut", "nut", 0o700)
 
 
 def test_shutdown_runs_the_configured_commands(host, expect):
@@ -176,7 +183,7 @@ class Ups:
         raise AssertionError(f"no shutdown within {timeout:.0f} s")
 
     def reset(self) -> None:
-        """Mains power back, monitoring restarted as after a reboot, the lab's log emptied.
+        """Mains power back, monitoring restarted as after a reboot, the lab's log and event state emptied.
 
         upsmon is stopped first and started last: started while the driver still reports the
         previous low battery, it would order a new forced shutdown.
@@ -188,6 +195,10 @@ class Ups:
             self.host.check_output("systemctl reset-failed nut-server.service; systemctl restart nut-server.service")
             self.wait_status("OL")
         self.host.check_output(f"rm -f {SHUTDOWN_LOG}")
+        # Each test starts from a host that has mailed nothing yet: repeats of an event kind
+        # within ups_monitoring_realert_hours are held back, and a test must not depend on
+        # what an earlier one raised.
+        self.host.check_output("rm -f /var/lib/cabinet-ups/events.json")
         self.host.check_output("systemctl start nut-monitor.service")
 
 
@@ -200,7 +211,7 @@ LAB_DROPIN = "/etc/systemd/system/nut-monitor.service.d/cabinet-lab-stop-timeout
 @pytest.fixture()
 def ups(lab, expect, mailsink):
     if expect("ups_monitoring_driver") != "dummy-ups" and expect("ups_monitoring_mode") in SERVING:
-        pytest.skip("drives a simulated UPS: needs the dummy-ups driver")
+        not_applicable("drives a simulated UPS: needs the dummy-ups driver")
     shorten_stop_timeout(lab)
     return Ups(lab, expect, mailsink)
 
@@ -214,7 +225,7 @@ def shorten_stop_timeout(handle) -> None:
 @pytest.fixture()
 def standalone(ups, expect):
     if expect("ups_monitoring_mode") != "standalone":
-        pytest.skip("a standalone host's behaviour; the netserver is driven with its client below")
+        not_applicable("a standalone host's behaviour; the netserver is driven with its client below")
     ups.reset()
     yield ups
     ups.reset()
@@ -231,7 +242,7 @@ def test_on_line_nothing_happens(standalone, expect):
 def test_on_battery_alerts_cancels_on_return_and_shuts_down_after_the_minutes(standalone, expect):
     minutes = expect("ups_monitoring_battery_shutdown_minutes")
     if minutes == 0:
-        pytest.skip("no early shutdown configured")
+        not_applicable("no early shutdown configured")
     onbatt, online = len(standalone.alerts("UPS on battery")), len(standalone.alerts("UPS back on mains power"))
     early = len(standalone.alerts(f"On battery for {minutes} min"))
 
@@ -283,12 +294,66 @@ def test_worn_battery_and_lost_driver_reach_the_msp(standalone, expect):
         standalone.host.check_output(f"systemctl start {driver}")
 
 
+def _mail_queue_empty(host, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if host.run("postqueue -j").stdout.strip() == "":
+            return
+        time.sleep(1)
+    raise AssertionError("alerts still queued on the host: " + host.run("postqueue -p").stdout)
+
+
+def test_repeated_events_are_mailed_once_per_period_and_the_end_always(standalone, expect):
+    """An unplugged UPS: upsmon repeats NOCOMM every 5 minutes, each play reports the dead driver.
+
+    The events are raised as upsmon raises them (as nut, NOTIFYTYPE and UPSNAME in the
+    environment, the message as argument) and as the role's run does (--driver-down, as root).
+    Each carries a token; once the later ones have arrived and the host's mail queue is empty,
+    nothing held back can still arrive, so the count is final.
+    """
+    host = standalone.host
+    token = f"lab-{time.time_ns()}"
+    host.check_output("rm -f /var/lib/cabinet-ups/events.json")
+    drivers_before = len(standalone.alerts("UPS driver"))
+
+    def upsmon_event(kind: str, text: str) -> str:
+        result = host.run(f"runuser -u nut -- env NOTIFYTYPE={kind} UPSNAME={expect('ups_monitoring_ups_name')}@localhost "
+                          f"/usr/local/sbin/cabinet-ups-event {shlex.quote(f'{token} {text}')}")
+        assert result.rc == 0, result.stdout + result.stderr
+        return result.stdout
+
+    upsmon_event("NOCOMM", "unreachable-1")
+    repeats = [upsmon_event("NOCOMM", repeat)           # upsmon's repeats, 5 and 10 minutes later
+               for repeat in ("unreachable-2", "unreachable-3")]
+    driver = [host.run("/usr/local/sbin/cabinet-ups-event --driver-down failed") for _ in range(2)]  # two plays
+    upsmon_event("COMMOK", "restored")            # the end of the condition
+    upsmon_event("NOCOMM", "unreachable-4")      # lost again: alerted at once
+
+    def arrived(word: str) -> list[dict[str, str]]:
+        return [m for m in standalone.mailsink.messages() if f"{token} {word}" in m["body"]]
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (arrived("unreachable-1") and arrived("restored") and arrived("unreachable-4")):
+        time.sleep(2)
+    assert arrived("unreachable-1"), "the first NOCOMM was not mailed"
+    assert arrived("restored"), "the end of the condition (COMMOK) was not mailed"
+    assert arrived("unreachable-4"), "NOCOMM after COMMOK was not mailed at once"
+    _mail_queue_empty(host)
+    counts = {word: len(arrived(word)) for word in ("unreachable-1", "unreachable-2", "unreachable-3", "restored", "unreachable-4")}
+    assert counts == {"unreachable-1": 1, "unreachable-2": 0, "unreachable-3": 0, "restored": 1, "unreachable-4": 1}, counts
+    assert len(standalone.alerts("UPS driver")) == drivers_before + 1, "the dead driver was not mailed exactly once"
+    assert all("logged, not mailed" in out for out in repeats), repeats
+    verdicts = [(run.rc, (run.stdout.strip().splitlines() or [""])[-1]) for run in driver]
+    assert verdicts == [(0, "alerted"), (0, "repeat")], f"the role's driver check would report: {verdicts}"
+    host.check_output("rm -f /var/lib/cabinet-ups/events.json")
+
+
 # ----------------------------------------------------------------------------- lab: server and client
 @pytest.fixture()
 def pair(ups, expect, inventory):
     """A netclient (this host) and the netserver it follows, both reset afterwards."""
     if expect("ups_monitoring_mode") != "netclient":
-        pytest.skip("the netserver/netclient pair is driven from the client")
+        not_applicable("the netserver/netclient pair is driven from the client")
     server_name = expect("ups_monitoring_server")
     names = [n for n in inventory.hosts("ups_server")
              if n == server_name or inventory.vars(n).get("ansible_host") == server_name]
