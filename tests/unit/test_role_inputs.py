@@ -174,6 +174,10 @@ CASES = [
     ("backup", {"backup_offsite_storage_quota": "0G"}, "backup_offsite_storage_quota", "expected a size in G, T or P"),
     ("backup", {"backup_compression": "gzip"}, "backup_compression", "expected a borg compression"),
     ("backup", {"backup_server_root": "/"}, "backup_server_root", "other than /"),
+    ("auto_updates", {"auto_updates_reboot_alert_after_hours": -1}, "auto_updates_reboot_alert_after_hours", "0 to 720"),
+    ("auto_updates", {"auto_updates_reboot_alert_after_hours": 721}, "auto_updates_reboot_alert_after_hours", "0 to 720"),
+    ("ups_monitoring", {"ups_monitoring_realert_hours": 0}, "ups_monitoring_realert_hours", "1 to 720"),
+    ("ups_monitoring", {"ups_monitoring_realert_hours": 721}, "ups_monitoring_realert_hours", "1 to 720"),
     # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
     ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
      "antivirus_min_memory_mb", "MB of RAM, below"),
