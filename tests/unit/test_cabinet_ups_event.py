@@ -244,3 +244,25 @@ def test_the_state_lock_is_never_held_while_an_alert_is_sent(monkeypatch, conf, 
     conf["alert_command"] = str(command)
     assert event(monkeypatch, conf, kind, "event") == 0
     assert seen.read_text().split() == ["free"]
+
+
+@pytest.mark.parametrize("breakage", ["state-is-a-folder", "folder-others-can-write"])
+def test_a_broken_state_neither_loses_the_alert_nor_the_early_shutdown(monkeypatch, conf, fake_alert, tmp_path,
+                                                                       breakage):
+    """Fail open: the rate limit's state cannot be used (a damaged file, an unsafe folder), yet
+    ONBATT is mailed and upssched still starts the early-shutdown timer."""
+    state_dir = Path(conf["state_dir"])
+    if breakage == "state-is-a-folder":
+        (state_dir / "events.json").mkdir()
+    else:
+        state_dir.chmod(0o777)
+    calls = tmp_path / "upssched-calls"
+    upssched = tmp_path / "upssched"
+    upssched.write_text(f"#!/bin/sh\necho \"$NOTIFYTYPE\" >> {calls}\n", encoding="utf-8")
+    upssched.chmod(0o755)
+    monkeypatch.setattr(ev, "UPSSCHED", str(upssched))
+    conf["battery_shutdown_minutes"] = 5
+    assert event(monkeypatch, conf, "ONBATT", "on battery") == 0
+    assert calls.read_text().split() == ["ONBATT"]
+    assert fake_alert.titles() == ["UPS on battery: mains power lost (ups@localhost)"]
+    assert "repeats are not held back" in fake_alert.bodies()[0]
