@@ -6,14 +6,19 @@ PAM itself: chpasswd for the password stack, pamtester for authentication.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import not_applicable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "filter_plugins"))
 from cabinet_passwords import policy_entropy  # noqa: E402
 
 ROLE = "password_policy"
@@ -91,7 +96,7 @@ def test_stacks_hold_the_modules(host, expect):
 
 def test_lockout_rules(host, expect):
     if not expect("password_policy_faillock_enabled"):
-        pytest.skip("lockout disabled in this inventory")
+        not_applicable("lockout disabled in this inventory")
     conf = host.file("/etc/security/cabinet-faillock.conf").content_string
     assert f"deny = {expect('password_policy_faillock_deny')}" in conf
     assert f"unlock_time = {expect('password_policy_faillock_unlock_time')}" in conf
@@ -105,13 +110,22 @@ def test_yescrypt_and_no_forced_expiry(host):
     assert "\nPASS_MAX_DAYS\t99999" in defs
 
 
+def max_days(host, account: str) -> str:
+    """Field 5 of the account's shadow entry: its maximum password age ('' when none)."""
+    return host.check_output(f"getent shadow {shlex.quote(account)} | cut -d: -f5")
+
+
 def test_privileged_accounts_have_a_maximum_age(host, expect):
     days = expect("password_policy_privileged_max_days")
-    present = [a for a in expect("password_policy_privileged_accounts") if host.user(a).exists]
+    listed = expect("password_policy_privileged_accounts")
+    if not listed:
+        not_applicable("the inventory lists no privileged account")
+    present = [a for a in listed if host.user(a).exists]
     if not present:
-        pytest.skip("no privileged account listed in the inventory exists on this host")
+        # The role leaves accounts that do not exist on a host alone.
+        not_applicable("none of the privileged accounts listed in the inventory exists on this host")
     for account in present:
-        assert host.user(account).maxdays == (days if days > 0 else 99999), account
+        assert max_days(host, account) == (str(days) if days > 0 else "99999"), account
 
 
 # ----------------------------------------------------------------------------- lab
@@ -151,7 +165,7 @@ def test_compliant_password_accepted_and_hashed_with_yescrypt(lab, account):
 
 def test_recent_password_refused(lab, account, expect):
     if not expect("password_policy_pwhistory_enabled"):
-        pytest.skip("history disabled in this inventory")
+        not_applicable("history disabled in this inventory")
     first, second = strong(), strong()
     assert set_password(lab, account, first).rc == 0
     assert set_password(lab, account, second).rc == 0
@@ -162,7 +176,7 @@ def test_recent_password_refused(lab, account, expect):
 
 def test_failures_lock_the_account_and_a_reset_restores_it(lab, account, expect):
     if not expect("password_policy_faillock_enabled"):
-        pytest.skip("lockout disabled in this inventory")
+        not_applicable("lockout disabled in this inventory")
     password = strong()
     assert set_password(lab, account, password).rc == 0
     lab.run(f"faillock --user {account} --reset")
@@ -189,33 +203,242 @@ def test_anti_lockout_proof_passes(lab):
     assert f"{services} accept a correct password and refuse a wrong one" in result.stdout
 
 
-def test_failed_proof_restores_the_previous_pam_files(lab, request):
-    """Fault: common-auth edited by hand, so pam-auth-update cannot apply a change. The run
-    must fail loudly and leave PAM exactly as it was, still authenticating."""
-    import os
-    import subprocess
+# ----------------------------------------------------------------------------- lab: runs of the role
+COMMON = ("common-auth", "common-account", "common-password", "common-session", "common-session-noninteractive")
+PAM_STATE = ("seen", "auth", "account", "password", "session", "session-noninteractive")
 
+
+def converge(lab, request, *extra: str, user: str | None = None) -> subprocess.CompletedProcess:
+    """ansible-playbook playbooks/password_policy.yml on this lab host; as `user` if given
+    (podman exec --user, then become through sudo: the way the MSP's admin connects)."""
     inventory = request.config.getoption("ansible_inventory")
-    root = Path(__file__).resolve().parents[2]
-    lab.check_output("echo '# edited by hand for the anti-lockout test' >> /etc/pam.d/common-auth")
-    before = {f: lab.file(f"/etc/pam.d/{f}").content_string for f in ("common-auth", "common-account", "common-password")}
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # one line a message, for the assertions
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-v", "-i", inventory, "--limit", lab.inventory_name,
+            str(ROOT / "playbooks" / "password_policy.yml"), *extra]
+    if user:
+        argv += ["-e", f"ansible_user={user}"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
 
-    def converge(*extra: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-        return subprocess.run(
-            [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory, "--limit", lab.inventory_name,
-             str(root / "playbooks" / "password_policy.yml"), *extra],
-            env=env, capture_output=True, text=True, timeout=900, check=False)
 
+def recap_changed(run: subprocess.CompletedProcess, name: str) -> int:
+    line = next(l for l in run.stdout.splitlines() if l.startswith(name + " ") and "changed=" in l)
+    return int(line.split("changed=")[1].split()[0])
+
+
+def snapshot(lab) -> dict[str, str]:
+    """The PAM stacks and pam-auth-update's own record of them."""
+    files = [f"/etc/pam.d/{f}" for f in COMMON] + [f"/var/lib/pam/{f}" for f in PAM_STATE]
+    return {f: lab.file(f).content_string for f in files}
+
+
+def assert_rolled_back(lab, before: dict[str, str], profile: str) -> None:
+    """After the rescue: everything is as before, except that pam-auth-update now lists the
+    rolled-back profile in /var/lib/pam/seen.
+
+    That one difference is expected, and required. `pam-auth-update --disable X` records X
+    as seen and not enabled: the admin's decision, which keeps a package's later
+    `pam-auth-update --package` from enabling this broken `Default: yes` profile again. A
+    rescue that put the old seen back would make X look new, and the next package update
+    would enable it and break authentication once more. (An earlier version of these tests
+    wanted seen identical to before; that expectation was wrong.) The stacks, and the
+    enabled profiles pam-auth-update records with them, must be exactly as before."""
+    after = snapshot(lab)
+    seen = "/var/lib/pam/seen"
+    assert {f: t for f, t in after.items() if f != seen} == {f: t for f, t in before.items() if f != seen}, \
+        "the PAM stacks or the stacks pam-auth-update recorded differ from before the run"
+    assert profile not in before[seen].split(), f"the test's premise: {profile} must be new before the run"
+    assert sorted(after[seen].split()) == sorted(before[seen].split() + [profile]), \
+        f"/var/lib/pam/seen should be as before plus {profile} (seen and disabled): {after[seen]!r}"
+
+
+def enabled_profiles(lab) -> set[str]:
+    return set(lab.check_output("sed -n 's/^Module: //p' /var/lib/pam/auth /var/lib/pam/account "
+                                "/var/lib/pam/password /var/lib/pam/session /var/lib/pam/session-noninteractive").split())
+
+
+def install_profile(lab, name: str, text: str) -> None:
+    lab.check_output(f"printf %s {shlex.quote(text)} > /usr/share/pam-configs/{name}")
+
+
+def remove_profiles(lab, *names: str) -> None:
+    lab.run("rm -f " + " ".join(f"/usr/share/pam-configs/{n}" for n in names))
+    lab.run("pam-auth-update --package --remove " + " ".join(names))
+
+
+def assert_pam_auth_update_consistent(lab, stale: str) -> None:
+    """pam-auth-update still manages the stacks: it agrees with them (a run regenerates
+    identical files, no "local modifications"), the rolled-back profile is not enabled, and a
+    package's later profile is still applied."""
+    assert stale not in enabled_profiles(lab), f"{stale} is still enabled in /var/lib/pam"
+    assert stale in lab.file("/var/lib/pam/seen").content_string.split(), \
+        f"{stale} is not recorded as seen: the next package update would enable it again"
+    before = snapshot(lab)
+    again = lab.run("pam-auth-update --package")
+    assert again.rc == 0 and "Local modifications" not in again.stderr, again.stderr
+    assert snapshot(lab) == before, "pam-auth-update --package rewrote the stacks: its state did not match them"
+    assert stale not in enabled_profiles(lab), f"pam-auth-update --package enabled {stale} again"
+    install_profile(lab, "lab-later", "Name: lab: a later package's profile\nDefault: yes\nPriority: 0\n"
+                                      "Session-Type: Additional\nSession:\n\toptional\tpam_env.so\n")
     try:
-        run = converge("-e", "password_policy_faillock_enabled=false")
+        later = lab.run("pam-auth-update --package")
+        assert later.rc == 0 and "Local modifications" not in later.stderr, later.stderr
+        assert "lab-later" in enabled_profiles(lab), "a later Debian profile update was not applied"
+        assert "pam_env.so" in lab.file("/etc/pam.d/common-session").content_string
+    finally:
+        remove_profiles(lab, "lab-later")
+
+
+@pytest.fixture(scope="module")
+def lab_admin(lab, inventory, request):
+    """The lab's stand-in for the MSP's admin (msp-admin): SSH key, sudo without a password."""
+    name = inventory.vars(lab.inventory_name).get("lab_admin_account")
+    if not name:
+        # A lab precondition, not a host the check does not apply to: a lab run fails.
+        message = ("this lab has no account standing for the MSP's admin: set lab_admin_account in the "
+                   "scenario and create the account in its prepare (molecule/password_policy/prepare.yml)")
+        if request.config.getoption("lab_run", default=False):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert lab.user(name).exists, f"{name}: the lab's prepare did not create it"
+    return name
+
+
+def admin_gets_in(lab, admin: str) -> list[str]:
+    """A new SSH session with the admin's key, and sudo -n in it; and su -l."""
+    problems = []
+    ssh = lab.run(f"ssh -i /root/lab-admin-key -o BatchMode=yes -o StrictHostKeyChecking=no "
+                  f"-o UserKnownHostsFile=/dev/null {admin}@localhost sudo -n true")
+    if ssh.rc != 0:
+        problems.append(f"ssh + sudo -n: {ssh.stderr.strip()}")
+    su = lab.run(f"su -l {admin} -c 'sudo -n true'")
+    if su.rc != 0:
+        problems.append(f"su -l + sudo -n: {su.stderr.strip()}")
+    return problems
+
+
+def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, request):
+    """The run connects as the admin (sudo), changes PAM, and proves the admin still gets in."""
+    assert admin_gets_in(lab, lab_admin) == []
+    try:
+        changed = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', user=lab_admin)
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        assert f"{lab_admin} still gets in: account stacks accept it, su -l opens a session, sudo -n true works" \
+            in changed.stdout, "the run did not prove the admin account it connects as"
+        assert "pam_pwhistory.so" not in lab.file("/etc/pam.d/common-password").content_string, "PAM did not change"
+        assert admin_gets_in(lab, lab_admin) == []
+    finally:
+        back = converge(lab, request, user=lab_admin)
+        assert back.returncode == 0, back.stdout[-3000:]
+    assert admin_gets_in(lab, lab_admin) == []
+
+
+def test_a_profile_that_locks_out_only_the_admin_is_rolled_back(lab, lab_admin, request):
+    """Fault: a package's new default profile refuses the admin account (pam_access) and no one
+    else, so the throwaway account's proof passes. The admin's proof must fail the run and the
+    rollback must give the admin its way in back, through pam-auth-update."""
+    lab.check_output(f"echo '-:{lab_admin}:ALL' > /etc/security/lab-deny-admin.conf")
+    install_profile(lab, "lab-deny-admin", "Name: lab: refuses the admin account\nDefault: yes\nPriority: 0\n"
+                    "Account-Type: Additional\nAccount:\n\trequired\tpam_access.so accessfile=/etc/security/lab-deny-admin.conf\n")
+    before = snapshot(lab)
+    try:
+        run = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', user=lab_admin)
+        assert run.returncode != 0, "the run passed although the admin account was locked out"
+        assert "did not pass the authentication proof" in run.stdout, run.stdout[-3000:]
+        assert f"{lab_admin}: the sshd account stack refuses it" in run.stdout, run.stdout[-3000:]
+        assert_rolled_back(lab, before, "lab-deny-admin")
+        assert admin_gets_in(lab, lab_admin) == []
+        assert_pam_auth_update_consistent(lab, "lab-deny-admin")
+    finally:
+        remove_profiles(lab, "lab-deny-admin")
+        lab.run("rm -f /etc/security/lab-deny-admin.conf")
+        restored = converge(lab, request)
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def test_a_profile_that_breaks_authentication_is_rolled_back(lab, request):
+    """Fault: a package's new default profile (Default: yes, not yet seen) breaks
+    authentication; the role's pam-auth-update call enables it, as Debian does. The proof
+    fails, and the rollback goes through pam-auth-update: the stacks and the enabled profiles
+    are as before, the profile is seen and not enabled, and later profile updates still apply."""
+    install_profile(lab, "lab-broken", "Name: lab: breaks authentication\nDefault: yes\nPriority: 900\n"
+                    "Auth-Type: Primary\nAuth:\n\trequisite\tpam_deny.so\n")
+    before = snapshot(lab)
+    try:
+        run = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}')
         assert run.returncode != 0, "the run should have failed its anti-lockout proof"
         assert "did not pass the authentication proof" in run.stdout, run.stdout[-3000:]
-        after = {f: lab.file(f"/etc/pam.d/{f}").content_string for f in before}
-        assert after == before, "the previous PAM files were not put back"
+        assert_rolled_back(lab, before, "lab-broken")
+        assert lab.run("/usr/local/sbin/cabinet-pam-check").rc == 0, "authentication broken after the rollback"
+        assert_pam_auth_update_consistent(lab, "lab-broken")
+    finally:
+        remove_profiles(lab, "lab-broken")
+        restored = converge(lab, request)
+        assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+def test_aging_the_connecting_admin_is_refused_before_any_change(lab, lab_admin, request):
+    """inventories/example before issue 12: the admin Ansible connects as, with an old
+    password, given a 365-day maximum. The run must stop in its validation, change nothing."""
+    lab.check_output(f"chage -d 2020-01-01 {lab_admin}")
+    before = lab.check_output(f"getent shadow {lab_admin}")
+    try:
+        run = converge(lab, request, "-e", json.dumps({"password_policy_privileged_accounts": [lab_admin],
+                                                       "password_policy_privileged_max_days": 365}), user=lab_admin)
+        assert run.returncode != 0, "the run aged the account it connects as"
+        assert f"{lab_admin} is an account Ansible connects as" in run.stdout, run.stdout[-3000:]
+        assert "password_policy_privileged_accept_lockout" in run.stdout
+        assert recap_changed(run, lab.inventory_name) == 0
+        assert lab.check_output(f"getent shadow {lab_admin}") == before
+        assert admin_gets_in(lab, lab_admin) == []
+    finally:
+        lab.check_output(f"chage -d $(date -u +%F) -M -1 {lab_admin}")
+
+
+def test_an_account_that_would_expire_at_once_is_refused_unless_accepted(lab, request):
+    old = "cabinet-pwold"
+    lab.run(f"userdel -r {old} 2>/dev/null")
+    lab.check_output(f"useradd -m -s /bin/bash {old} && chage -d 2020-01-01 {old}")
+    before = lab.check_output(f"getent shadow {old}")
+    aging = {"password_policy_privileged_accounts": [old], "password_policy_privileged_max_days": 365}
+    try:
+        run = converge(lab, request, "-e", json.dumps(aging))
+        assert run.returncode != 0, "the run expired an account at once"
+        assert f"the password of {old} was last changed on 2020-01-01" in run.stdout, run.stdout[-3000:]
+        assert "it would expire at once" in run.stdout
+        assert recap_changed(run, lab.inventory_name) == 0
+        assert lab.check_output(f"getent shadow {old}") == before
+        accepted = converge(lab, request, "-e", json.dumps({**aging, "password_policy_privileged_accept_lockout": [old]}))
+        assert accepted.returncode == 0, accepted.stdout[-3000:]
+        assert max_days(lab, old) == "365"
+    finally:
+        lab.run(f"userdel -r {old}")
+
+
+def test_failed_proof_restores_the_previous_pam_files(lab, request):
+    """Fault: common-auth edited by hand, so pam-auth-update cannot apply a change. The run
+    must fail loudly and leave PAM exactly as it was, still authenticating.
+
+    The edit is a module line inside the block pam-auth-update manages: it then reports
+    "Local modifications" and writes nothing, so faillock stays in the stacks although this
+    run turns it off. (A comment appended after that block, as this test once did, is not a
+    local modification: pam-auth-update keeps it and applies the change, and the run rightly
+    succeeds. The old test only failed the run because `-e password_policy_faillock_enabled=false`
+    passed the string "false", which the role took for true.)"""
+    lab.check_output("sed -i '/^# end of pam-auth-update config/i auth\\toptional\\t\\t\\tpam_permit.so "
+                     "# edited by hand for the anti-lockout test' /etc/pam.d/common-auth")
+    assert "edited by hand for the anti-lockout test" in lab.file("/etc/pam.d/common-auth").content_string
+    assert "pam_faillock.so" in lab.file("/etc/pam.d/common-auth").content_string, "the test's premise: faillock is on"
+    before = snapshot(lab)
+    try:
+        run = converge(lab, request, "-e", '{"password_policy_faillock_enabled": false}')
+        assert run.returncode != 0, "the run should have failed its anti-lockout proof"
+        assert "did not pass the authentication proof" in run.stdout, run.stdout[-3000:]
+        assert "pam-auth-update did not produce the stacks asked for" in run.stdout, run.stdout[-3000:]
+        assert snapshot(lab) == before, "the previous PAM files (or pam-auth-update's state) were not put back"
         assert lab.run("/usr/local/sbin/cabinet-pam-check").rc == 0, "authentication broken after the restore"
     finally:
         lab.run("sed -i '/edited by hand for the anti-lockout test/d' /etc/pam.d/common-auth")
         lab.run("pam-auth-update --package --force --enable cabinet-faillock cabinet-faillock-notify cabinet-pwhistory")
-        restored = converge()
+        restored = converge(lab, request)
         assert restored.returncode == 0, restored.stdout[-3000:]
