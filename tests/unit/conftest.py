@@ -1,6 +1,26 @@
-"""Make filter_plugins/ importable for the unit tests."""
+"""Shared set-up of the unit tests: filter_plugins/ importable, and the root-run scripts
+(files without a .py suffix) loadable as modules, with the cabinet_common they import."""
 
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
 import sys
+import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "filter_plugins"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "filter_plugins"))
+# The commands put /usr/local/lib/cabinet first on sys.path; here the role's copy stands for it.
+sys.path.insert(0, str(ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "lib" / "cabinet"))
+
+
+def load_script(path: str | Path, name: str | None = None) -> types.ModuleType:
+    """Import a script such as roles/antivirus/files/usr/local/sbin/cabinet-av as a module."""
+    name = name or Path(path).name.replace("-", "_")
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script loads
+    loader.exec_module(module)
+    return module

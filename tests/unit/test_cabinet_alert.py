@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import sys
 import types
 from pathlib import Path
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "sbin" / "cabinet-alert"
 
 
 def load():
-    loader = importlib.machinery.SourceFileLoader("cabinet_alert", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("cabinet_alert", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def fake_journal(monkeypatch) -> list:

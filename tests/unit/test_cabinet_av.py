@@ -10,16 +10,15 @@ CABINET_AV_SCRIPT=/path/to/an/older/cabinet-av runs the same tests against anoth
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(os.environ.get("CABINET_AV_SCRIPT", ROOT / "roles/antivirus/files/usr/local/sbin/cabinet-av"))
@@ -30,13 +29,7 @@ MARKER = b"-".join([b"CABINET", b"HARDENING", b"TEST", b"MARKER", b"2026"])
 
 
 def load_av():
-    name = f"cabinet_av_under_test_{time.monotonic_ns()}"
-    loader = SourceFileLoader(name, str(SCRIPT))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script loads
-    loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, f"cabinet_av_under_test_{time.monotonic_ns()}")
 
 
 class Lab:

@@ -7,8 +7,6 @@ test's "unchanged since" rule and what a mismatch means, the unmount on SIGTERM.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +17,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SBIN = ROOT / "roles/backup/files/usr/local/sbin"
@@ -26,11 +25,7 @@ sys.path.insert(0, str(ROOT / "roles/alerting/files/usr/local/lib/cabinet"))
 
 
 def load(name: str) -> types.ModuleType:
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(SBIN / name))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_script(SBIN / name)
 
 
 server = load("cabinet-backup-server")

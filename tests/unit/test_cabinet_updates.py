@@ -7,8 +7,6 @@ recording rather than running the reboot (only the test rig's podman containers 
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "auto_updates"
@@ -29,15 +28,7 @@ HOUR = 3600
 DAY = 86400
 
 
-def load_script():
-    loader = importlib.machinery.SourceFileLoader("cabinet_updates", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("cabinet_updates", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-cu = load_script()
+cu = load_script(SCRIPT)
 ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text(encoding="utf-8"))
 ROLE_DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
 SECURITY_ORIGIN = ROLE_VARS["__auto_updates_security_origin"]

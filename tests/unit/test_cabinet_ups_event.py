@@ -8,14 +8,13 @@ held back. The alert command is a fake that records its calls.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "ups_monitoring"
@@ -25,15 +24,7 @@ sys.path.insert(0, str(ROOT / "roles" / "alerting" / "files" / "usr" / "local" /
 HOUR = 3600
 
 
-def load_script():
-    loader = importlib.machinery.SourceFileLoader("cabinet_ups_event", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("cabinet_ups_event", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-ev = load_script()
+ev = load_script(SCRIPT)
 SEVERITIES = yaml.safe_load((ROLE / "vars" / "main.yml").read_text(encoding="utf-8"))["__ups_monitoring_notifications"]
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
 
