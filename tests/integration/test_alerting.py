@@ -101,6 +101,17 @@ def test_no_alert_stuck_in_the_queue(host):
     assert stale == [], f"alerts stuck in the queue: {[(m['queue_id'], m['recipients']) for m in stale]}"
 
 
+def test_shared_helpers_are_root_only(host):
+    """Every root-run cabinet-* command imports /usr/local/lib/cabinet/cabinet_common.py first:
+    only root may be able to change that folder or the module."""
+    folder = host.file("/usr/local/lib/cabinet")
+    module = host.file("/usr/local/lib/cabinet/cabinet_common.py")
+    assert folder.is_directory and folder.user == "root" and folder.group == "root"
+    assert folder.mode & 0o022 == 0, f"{folder.path} is writable by others: {folder.mode:o}"
+    assert module.is_file and not module.is_symlink and module.user == "root"
+    assert module.mode & 0o022 == 0, f"{module.path} is writable by others: {module.mode:o}"
+
+
 def test_alert_command_refuses_bad_usage(host):
     result = host.run(f"{ALERT} --practice backup --severity urgent --title x")
     assert result.rc == 2
