@@ -83,7 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
     outcome = yield
     report = outcome.get_result()
-    if not report.skipped or not _lab_run(item.config):
+    # An expected failure (pytest.xfail with its reason) is a known defect, declared and
+    # counted in the summary, not a skip.
+    if not report.skipped or hasattr(report, "wasxfail") or not _lab_run(item.config):
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if not reason.removeprefix("Skipped: ").startswith(NOT_APPLICABLE):
@@ -473,6 +475,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     if not table:
         return
     write = terminalreporter.write_line
+    for report in terminalreporter.stats.get("xfailed", []):
+        write(f"KNOWN DEFECT (xfail): {report.nodeid}: {getattr(report, 'wasxfail', '')}")
     reasons: dict[str, int] = defaultdict(int)
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(getattr(report, "longrepr", None), tuple) else str(report.longrepr)
