@@ -339,6 +339,21 @@ def run_unit(handle: testinfra.host.Host, unit: str, timeout: float = 900) -> st
     raise AssertionError(f"{unit} still {state} after {timeout} s")
 
 
+def wait_mail_queue_empty(handle: testinfra.host.Host, timeout: float = 90, units: tuple[str, ...] = ()) -> None:
+    """Wait until none of ``units`` runs and the host's Postfix queue is empty: every alert the
+    host raised so far has then reached the relay (the lab's sink), so a count taken now is
+    final. An "exactly once" check decides on this, never after a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = handle.run(f"systemctl is-active {' '.join(units)}").stdout.split() if units else []
+        if not {"active", "activating", "deactivating", "reloading"} & set(busy) \
+                and handle.run("postqueue -j").stdout.strip() == "":
+            return
+        time.sleep(1)
+    raise AssertionError(f"units still running or alerts still queued after {timeout:.0f} s: "
+                         + handle.run("postqueue -p").stdout)
+
+
 # ----------------------------------------------------------------------------- secrets
 # Searched on every audited host; LAB_SECRET_ROOTS hold patient data on a real practice
 # (/srv, /var/lib: records, databases, backups), so only lab hosts are walked there.

@@ -8,13 +8,15 @@ queue's health.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from conftest import (SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, drop_private,
-                      not_applicable, push_private_file)
+                      not_applicable, push_private_file, wait_mail_queue_empty)
 
 ROLE = "alerting"
 AUDITED_GROUP = "cabinet_managed"
@@ -159,8 +161,9 @@ def test_alert_keeps_its_journal_fields_with_a_multiline_body(host, mailsink):  
     assert "CABINET_PRACTICE=antivirus" in entry["MESSAGE"] and "last line" in entry["MESSAGE"]
 
 
-# A watcher that reads every process's command line on the host, as often as it can, and
-# writes which of its patterns (by number, never the text) it saw. Started by systemd-run.
+# A watcher that reads every process's command line, as often as it can, and writes which of
+# its patterns (by number, never the text) it saw. On the host systemd-run starts it; on the
+# controller the test does. Its own arguments are file names only.
 ARGV_WATCHER = r"""
 import os, sys, time
 patterns = [p.encode() for p in open(sys.argv[1], encoding="utf-8").read().splitlines() if p]
@@ -182,60 +185,53 @@ while not os.path.exists(stop):
 """
 
 
-def _controller_argv_watch(patterns: list[bytes], seen: set[int], stop) -> None:
-    import os as _os
-    while not stop.is_set():
-        for pid in _os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        line = handle.read()
-                except OSError:
-                    continue
-                seen.update(i for i, p in enumerate(patterns) if p in line)
-        time.sleep(0.002)
-
-
 def test_secret_audit_never_puts_a_secret_in_a_command_line(lab, expect):
     """The leak audit itself must not leak: no process, on the host or the controller, ever
     has the secret in its arguments while the audit runs. A canary put in a command line on
-    purpose proves that the watchers would have seen it."""
-    import threading
+    purpose proves that the watchers would have seen it. The same watcher runs on both sides."""
+    import subprocess
+    import sys
+    import tempfile
 
     password = expect("alerting_relay_password")
     if not password:
         not_applicable("no relay password in this inventory")
     canary = f"canary-{uuid.uuid4().hex}"
-    patterns = [canary, password]
+    patterns = ("\n".join([canary, password]) + "\n").encode()
     watcher = push_private_file(lab, ARGV_WATCHER.encode(), "watch.py")
     folder = watcher.rsplit("/", 1)[0]
-    pattern_file = push_private_file(lab, ("\n".join(patterns) + "\n").encode(), "patterns")
+    pattern_file = push_private_file(lab, patterns, "patterns")
     unit = f"cabinet-argv-watch-{uuid.uuid4().hex[:8]}"
-    seen_here: set[int] = set()
-    stop = threading.Event()
-    local = threading.Thread(target=_controller_argv_watch, args=([p.encode() for p in patterns], seen_here, stop))
+    here = Path(tempfile.mkdtemp(prefix="cabinet-argv-watch."))  # 0700
+    (here / "patterns").touch(mode=0o600)
+    (here / "patterns").write_bytes(patterns)
+    local = None
     try:
         lab.check_output(f"systemd-run --unit {unit} --collect python3 {watcher} {pattern_file} {folder}/hits {folder}/stop")
+        local = subprocess.Popen([sys.executable, "-c", ARGV_WATCHER, str(here / "patterns"), str(here / "hits"),
+                                  str(here / "stop")])
         deadline = time.monotonic() + 30
-        while not lab.file(f"{folder}/hits").exists and time.monotonic() < deadline:
+        while not (lab.file(f"{folder}/hits").exists and (here / "hits").exists()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        local.start()
         # The canary, in a command line on the host and on the controller (through podman exec).
         lab.check_output(f"sh -c ': {canary}; sleep 1'")
         assert_secrets_not_exposed(lab, [password], "the relay password", roots=SECRET_ROOTS + " /var/spool/postfix")
         time.sleep(0.5)
         lab.check_output(f"touch {folder}/stop")
+        (here / "stop").touch()
+        local.wait(timeout=30)
         deadline = time.monotonic() + 30
         while lab.service(unit).is_running and time.monotonic() < deadline:
             time.sleep(0.5)
         seen_there = set(map(int, lab.check_output(f"cat {folder}/hits").split()))
+        seen_here = set(map(int, (here / "hits").read_text(encoding="utf-8").split()))
     finally:
-        stop.set()
-        if local.is_alive():
-            local.join(timeout=10)
+        if local and local.poll() is None:
+            local.kill()
         lab.run(f"systemctl stop {unit} 2>/dev/null")
         drop_private(lab, watcher)
         drop_private(lab, pattern_file)
+        shutil.rmtree(here, ignore_errors=True)
     assert 0 in seen_there, "the host's watcher did not see the canary: it proves nothing"
     assert 1 not in seen_there, "the relay password was in a process's arguments on the host during the audit"
     if lab.backend.NAME != "local":
@@ -274,8 +270,5 @@ def test_alert_waits_while_the_relay_is_down_and_arrives_once(host, mailsink):
     assert len(messages) == 1
     # Once Postfix's queue is empty, nothing is left that could deliver the alert again: only
     # then is the count final.
-    deadline = time.monotonic() + 60
-    while _queue(host) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _queue(host) == [], "the queue still holds mail after the relay came back"
+    wait_mail_queue_empty(host, timeout=60)
     assert len(mailsink.wait_for(token, timeout=1)) == 1, "the queued alert arrived more than once"

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import not_applicable, run_unit
+from conftest import not_applicable, run_unit, wait_mail_queue_empty
 
 ROLE = "antivirus"
 AUDITED_GROUP = "cabinet_managed:!backup_offsite"
@@ -181,17 +181,9 @@ def test_on_access_scanning(host, expect):
 
 # ----------------------------------------------------------------------------- lab
 def _settled(host, timeout: float = 180) -> None:
-    """Wait until no report runs on the host and its Postfix queue is empty: every alert it
-    raised so far is then in the mail sink, and a count taken now is final."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = host.run("systemctl is-active cabinet-av-report.service cabinet-av-scan.service "
-                        "cabinet-av-check.service").stdout.split()
-        queue = host.run("postqueue -j").stdout.strip()
-        if not {"active", "activating", "deactivating", "reloading"} & set(busy) and not queue:
-            return
-        time.sleep(1)
-    raise AssertionError(f"reports still running or mail still queued after {timeout:.0f} s")
+    """No report, scan or check runs and the queue is empty: a count taken now is final."""
+    wait_mail_queue_empty(host, timeout,
+                          ("cabinet-av-report.service", "cabinet-av-scan.service", "cabinet-av-check.service"))
 
 
 def _write(host, path: str, content: str) -> str:

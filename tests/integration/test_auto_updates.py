@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import not_applicable, role_vars, run_unit
+from conftest import not_applicable, role_vars, run_unit, wait_mail_queue_empty
 
 ROLE = "auto_updates"
 AUDITED_GROUP = "cabinet_managed"
@@ -71,16 +71,6 @@ def unit_log(host, unit: str) -> str:
     invocation = host.check_output(f"systemctl show -p InvocationID --value {unit}")
     assert invocation, f"{unit} has not run"
     return host.check_output(f"journalctl -q --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
-
-
-def wait_mail_queue_empty(host, timeout: float = 90) -> None:
-    """Once the host's Postfix queue is empty, every alert it raised so far has reached the sink."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if host.run("postqueue -j").stdout.strip() == "":
-            return
-        time.sleep(1)
-    raise AssertionError("alerts still queued on the host: " + host.run("postqueue -p").stdout)
 
 
 # ----------------------------------------------------------------------------- audit

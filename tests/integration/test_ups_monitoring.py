@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect, not_applicable
+from conftest import (assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect, not_applicable,
+                      wait_mail_queue_empty)
 
 ROLE = "ups_monitoring"
 AUDITED_GROUP = "ups_server:ups_clients"
@@ -294,15 +295,6 @@ def test_worn_battery_and_lost_driver_reach_the_msp(standalone, expect):
         standalone.host.check_output(f"systemctl start {driver}")
 
 
-def _mail_queue_empty(host, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if host.run("postqueue -j").stdout.strip() == "":
-            return
-        time.sleep(1)
-    raise AssertionError("alerts still queued on the host: " + host.run("postqueue -p").stdout)
-
-
 def test_repeated_events_are_mailed_once_per_period_and_the_end_always(standalone, expect):
     """An unplugged UPS: upsmon repeats NOCOMM every 5 minutes, each play reports the dead driver.
 
@@ -338,7 +330,7 @@ def test_repeated_events_are_mailed_once_per_period_and_the_end_always(standalon
     assert arrived("unreachable-1"), "the first NOCOMM was not mailed"
     assert arrived("restored"), "the end of the condition (COMMOK) was not mailed"
     assert arrived("unreachable-4"), "NOCOMM after COMMOK was not mailed at once"
-    _mail_queue_empty(host)
+    wait_mail_queue_empty(host)
     counts = {word: len(arrived(word)) for word in ("unreachable-1", "unreachable-2", "unreachable-3", "restored", "unreachable-4")}
     assert counts == {"unreachable-1": 1, "unreachable-2": 0, "unreachable-3": 0, "restored": 1, "unreachable-4": 1}, counts
     assert len(standalone.alerts("UPS driver")) == drivers_before + 1, "the dead driver was not mailed exactly once"
