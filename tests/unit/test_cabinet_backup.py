@@ -347,3 +347,34 @@ def test_disk_found_mounted_at_start_alerts_and_is_unmounted_after(monkeypatch):
     with client.Repository({"host": "pc"}, spec):
         pass
     assert alerts and "found mounted" in alerts[0][1] and unmounted == ["/mnt/x"]
+
+
+@pytest.mark.parametrize("where", ["found-mounted-alert", "right-after-mount"])
+def test_a_signal_while_mounting_still_unmounts(monkeypatch, where):
+    """SIGHUP (an interactive `cabinet-backup borg` whose SSH session drops) or SIGTERM while
+    the found-mounted alert is sent, or right after mount(8) returned: __exit__ never runs, so
+    the disk must be unmounted on the way out of __enter__."""
+    unmounted = []
+    state = {"mounted": "/dev/loop7" if where == "found-mounted-alert" else None}
+
+    def fake_run(cmd, **_):
+        if cmd[0] == "mount":
+            state["mounted"] = "/dev/loop7"
+            if where == "right-after-mount":
+                raise client.Stopped(128 + signal.SIGTERM)  # the signal lands as mount returns
+        return subprocess.CompletedProcess(cmd, 0, "/dev/loop7\n", "")
+
+    def alert(*_):
+        raise client.Stopped(128 + signal.SIGHUP)
+
+    monkeypatch.setattr(client, "alert", alert)
+    monkeypatch.setattr(client, "unmount", lambda conf, spec, why="": unmounted.append(why) or True)
+    monkeypatch.setattr(client, "mounted_source", lambda mountpoint: state["mounted"])
+    monkeypatch.setattr(client.subprocess, "run", fake_run)
+    monkeypatch.setattr(client.os.path, "realpath", lambda p: p)
+    monkeypatch.setattr(client.Path, "mkdir", lambda *_, **__: None)
+    spec = {"name": "local", "kind": "local", "mountpoint": "/mnt/x", "device": "LABEL=X", "path": "/mnt/x/r"}
+    with pytest.raises(client.Stopped):
+        with client.Repository({"host": "pc"}, spec):
+            pytest.fail("the body must not run")
+    assert unmounted == ["stopped while mounting"]

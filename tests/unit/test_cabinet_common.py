@@ -196,3 +196,51 @@ def test_state_refuses_a_symlink_where_its_folder_should_be(tmp_path):
 def test_private_dir_creates_missing_folders_root_only(tmp_path):
     made = cc.private_dir(tmp_path / "a" / "b")
     assert stat.S_IMODE(made.stat().st_mode) == 0o700
+
+
+def test_open_regular_refuses_a_fifo_without_blocking(tmp_path):
+    fifo = tmp_path / "patient.pdf"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="not a regular file"):
+        cc.open_regular_nofollow(str(fifo))
+    assert time.monotonic() - started < 5
+
+
+def test_open_regular_refuses_a_folder_swapped_for_a_symlink(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "zero").write_bytes(b"not yours")
+    (tmp_path / "d").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        cc.open_regular_nofollow(str(tmp_path / "d" / "zero"))
+    (tmp_path / "f").symlink_to(tmp_path / "elsewhere" / "zero")
+    with pytest.raises(OSError):
+        cc.open_regular_nofollow(str(tmp_path / "f"))
+
+
+def test_open_regular_refuses_a_device():
+    with pytest.raises(OSError, match="not a regular file"):
+        cc.open_regular_nofollow("/dev/null")
+
+
+def test_open_regular_reads_a_plain_file(tmp_path):
+    path = tmp_path / "a" / "b.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"abc")
+    fd = cc.open_regular_nofollow(str(path))
+    try:
+        assert cc.sha256(None, fd=fd) == cc.sha256(path)
+    finally:
+        os.close(fd)
+
+
+def test_sha256_stops_at_max_bytes(tmp_path):
+    path = tmp_path / "growing"
+    path.write_bytes(b"abcdef")
+    (tmp_path / "abc").write_bytes(b"abc")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert cc.sha256(None, fd=fd, max_bytes=3) == cc.sha256(tmp_path / "abc")
+        assert cc.sha256(None, fd=fd) == cc.sha256(path)
+    finally:
+        os.close(fd)

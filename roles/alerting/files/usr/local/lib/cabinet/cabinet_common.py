@@ -47,13 +47,23 @@ def tail(text: str | None, lines: int = 15) -> str:
     return "\n".join((text or "").strip().splitlines()[-lines:])
 
 
-def sha256(path: str | os.PathLike, *, fd: int | None = None) -> str:
-    """SHA-256 of a file, by path or from an already open descriptor (read from its start)."""
+def sha256(path: str | os.PathLike | None, *, fd: int | None = None, max_bytes: int | None = None) -> str:
+    """SHA-256 of a file, by path or from an already open descriptor (read from its start).
+
+    ``max_bytes`` stops reading there (with a descriptor): a file a user keeps appending to
+    cannot keep root reading for ever; a caller that knows the expected size passes size + 1.
+    """
     digest = hashlib.sha256()
     if fd is not None:
         os.lseek(fd, 0, os.SEEK_SET)
-        for block in iter(lambda: os.read(fd, 1 << 20), b""):
+        left = max_bytes
+        while left is None or left > 0:
+            block = os.read(fd, 1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
             digest.update(block)
+            if left is not None:
+                left -= len(block)
         return digest.hexdigest()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -158,6 +168,48 @@ class State:
     def save(self) -> None:
         private_dir(self.path.parent)
         write_json_atomic(self.path, self.data)
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_dir_nofollow(parts: tuple[str, ...] | list[str]) -> int:
+    """Open /parts[0]/parts[1]/... one component at a time; a symlink anywhere raises OSError.
+
+    For root reading or changing files in folders that users can write: a folder swapped for a
+    symlink between a check and the use is refused, never followed.
+    """
+    fd = os.open("/", DIR_FLAGS)
+    try:
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part:
+                raise OSError(f"unexpected path component {part!r}")
+            child = os.open(part, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_nofollow(path: str) -> int:
+    """A read-only descriptor on the regular file at absolute ``path``, reached without
+    following any symlink. A FIFO, device or socket is refused without blocking on it
+    (O_NONBLOCK, checked with fstat), so a user cannot make root hang or touch a device."""
+    parts = [p for p in path.split("/") if p]
+    if not path.startswith("/") or not parts:
+        raise OSError(f"{path!r}: expected an absolute path to a file")
+    dir_fd = open_dir_nofollow(parts[:-1])
+    try:
+        fd = os.open(parts[-1], FILE_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path!r} is not a regular file")
+    return fd
 
 
 class UnsafePath(OSError):
