@@ -169,6 +169,20 @@ def test_a_hard_link_elsewhere_is_reported(lab):
     assert failures and "hard link" in failures[0][2]
 
 
+def test_many_hard_links_are_copied_once(lab):
+    """One infected file and 20 more names for it: one copy in the quarantine (a user must not
+    make root fill the disk), every name removed, each recorded."""
+    infected = lab.write(lab.root / "a.exe", b"x " + MARKER + b" " + b"0" * 100_000)
+    for i in range(20):
+        os.link(infected, lab.root / f"link{i:02}.exe")
+    lab.scan()
+    contents = [p for p in lab.qdir.iterdir() if not p.name.endswith(".json")]
+    assert len(contents) == 1, [p.name for p in contents]
+    assert [p.name for p in lab.root.iterdir() if p.name.endswith(".exe")] == []
+    record = lab.quarantined()[0]
+    assert len(record.get("other_paths", [])) == 20
+
+
 # ----------------------------------------------------------------------------- the scan
 def test_scan_quarantines_with_content_record_and_one_alert(lab):
     content = b"%PDF-1.4 patient\n" + MARKER + b"\n"
