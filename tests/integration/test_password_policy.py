@@ -323,7 +323,7 @@ def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, request):
     try:
         changed = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', user=lab_admin)
         assert changed.returncode == 0, changed.stdout[-3000:]
-        assert f"{lab_admin} still gets in: account stacks accept it, su -l opens a session, sudo -n true works" \
+        assert f"{lab_admin} still gets in: account stacks accept it, su opens a session, sudo -n true works" \
             in changed.stdout, "the run did not prove the admin account it connects as"
         assert "pam_pwhistory.so" not in lab.file("/etc/pam.d/common-password").content_string, "PAM did not change"
         assert admin_gets_in(lab, lab_admin) == []
