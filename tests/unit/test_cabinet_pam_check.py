@@ -109,3 +109,82 @@ def test_stopped_midway_still_removes_the_account(monkeypatch):
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- apply, prove, restore
+@pytest.fixture()
+def pam(tmp_path, monkeypatch):
+    """/etc/pam.d, /var/lib/pam and the role's copies, in a temporary folder."""
+    etc, state, copies = tmp_path / "pam.d", tmp_path / "var-lib-pam", tmp_path / "copies"
+    for folder in (etc, state, copies):
+        folder.mkdir()
+    for name in pc.STACKS:
+        (copies / name).write_text(f"before {name}\n")
+        (etc / name).write_text(f"before {name}\n")
+    for name in pc.STATE + ("seen",):
+        (copies / f"var-lib-pam-{name}").write_text(f"before {name}\n")
+        (state / name).write_text(f"before {name}\n")
+    monkeypatch.setattr(pc, "PAM_DIR", str(etc))
+    monkeypatch.setattr(pc, "PAM_STATE_DIR", str(state))
+    return etc, state, copies
+
+
+class Change(Tools):
+    """pam-auth-update rewrites the stacks and its state; after it, the admin's sudo is refused."""
+
+    def __init__(self, pam, breaks_admin: bool) -> None:
+        super().__init__()
+        self.pam, self.breaks_admin, self.applied = pam, breaks_admin, False
+
+    def __call__(self, argv, stdin=""):
+        etc, state, _ = self.pam
+        if argv[0] == "pam-auth-update":
+            for name in pc.STACKS:
+                (etc / name).write_text(f"after {name}\n")
+            for name in pc.STATE + ("seen",):
+                (state / name).write_text(f"after {name}\n")
+            self.applied = True
+            self.calls.append(argv)
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        if self.breaks_admin and self.applied and "acct_mgmt" in argv and "msp" in argv:
+            self.calls.append(argv)
+            return subprocess.CompletedProcess(argv, 1, "", "Permission denied")
+        return super().__call__(argv, stdin)
+
+
+def test_a_change_that_refuses_the_admin_is_undone_in_the_same_process(monkeypatch, pam, capsys):
+    """The case Ansible's own strategy could not rescue: sudo per task is refused once the change
+    is made. Here the stacks and pam-auth-update's record are back before the command exits;
+    `seen` is left as pam-auth-update wrote it (a rolled-back profile stays seen and off)."""
+    etc, state, copies = pam
+    tools = Change(pam, breaks_admin=True)
+    status = run_check(monkeypatch, tools, "--admin", "msp", "--restore-from", str(copies),
+                       "--apply", "pam-auth-update", "--package", "--enable", "cabinet-faillock")
+    assert status == 1
+    assert tools.calls[0] == ["pam-auth-update", "--package", "--enable", "cabinet-faillock"]
+    for name in pc.STACKS:
+        assert (etc / name).read_text() == f"before {name}\n"
+    for name in pc.STATE:
+        assert (state / name).read_text() == f"before {name}\n"
+    assert (state / "seen").read_text() == "after seen\n"
+    err = capsys.readouterr().err
+    assert "msp: the sshd account stack refuses it" in err and "the previous stacks are back" in err
+    assert deleted(tools)
+
+
+def test_a_good_change_is_kept(monkeypatch, pam):
+    etc, _state, copies = pam
+    tools = Change(pam, breaks_admin=False)
+    assert run_check(monkeypatch, tools, "--admin", "msp", "--restore-from", str(copies),
+                     "--apply", "pam-auth-update", "--package") == 0
+    assert (etc / "common-auth").read_text() == "after common-auth\n"
+
+
+def test_a_failed_pam_auth_update_restores_without_a_proof(monkeypatch, pam, capsys):
+    etc, _state, copies = pam
+    (etc / "common-auth").write_text("half written\n")
+    tools = Tools({"pam-auth-update": 1})
+    assert run_check(monkeypatch, tools, "--restore-from", str(copies), "--apply", "pam-auth-update", "--package") == 1
+    assert (etc / "common-auth").read_text() == "before common-auth\n"
+    assert not [c for c in tools.calls if c[0] == "useradd"]
+    assert "pam-auth-update exited 1" in capsys.readouterr().err
