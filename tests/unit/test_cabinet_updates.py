@@ -7,6 +7,7 @@ recording rather than running the reboot (only the test rig's podman containers 
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import subprocess
@@ -84,6 +85,15 @@ def alerts(monkeypatch):
 
     monkeypatch.setattr(cu.cc, "alert", fake_alert)
     return sent
+
+
+@pytest.fixture(autouse=True)
+def no_apt_lists(tmp_path, monkeypatch):
+    """The controller's own /var/lib/apt/lists must never decide a test."""
+    lists = tmp_path / "apt-lists"
+    lists.mkdir()
+    monkeypatch.setattr(cu, "APT_LISTS", lists)
+    return lists
 
 
 @pytest.fixture()
@@ -417,3 +427,58 @@ def test_the_check_uses_the_origin_unattended_upgrades_installs_from(tmp_path):
     assert settings["security_origin"] == SECURITY_ORIGIN
     assert f'"{settings["security_origin"]}";' in apt_conf
     assert settings["reboot_alert_after_hours"] == ROLE_DEFAULTS["auto_updates_reboot_alert_after_hours"]
+
+
+# ----------------------------------------------------------------------------- a source no longer refreshed
+NOW = 1_796_000_000.0  # 2026-11-30
+
+
+def release_text(date: float, valid_days: float | None) -> str:
+    fmt = lambda t: email.utils.formatdate(t, usegmt=True)  # noqa: E731
+    lines = ["-----BEGIN PGP SIGNED MESSAGE-----", "Hash: SHA512", "", "Origin: Debian", "Label: Debian-Security",
+             f"Date: {fmt(date)}"]
+    if valid_days is not None:
+        lines.append(f"Valid-Until: {fmt(date + valid_days * DAY)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_apt_list_names_follow_urito_filename(tmp_path):
+    assert cu.uri_to_list_name("http://deb.debian.org/debian-security/dists/bookworm-security/") == \
+        "deb.debian.org_debian-security_dists_bookworm-security_"
+    assert cu.uri_to_list_name("file:/srv/cabinet-test-repo/debian-security/./") == "_srv_cabinet-test-repo_debian-security_._"
+    assert cu.uri_to_list_name("https://user:pw@mirror.example:8080/my_repo/") == "mirror.example:8080_my%5frepo_"
+    (tmp_path / "deb.debian.org_debian-security_dists_bookworm-security_InRelease").write_text("x")
+    found = cu.release_file("http://deb.debian.org/debian-security bookworm-security/main amd64 Packages", tmp_path)
+    assert found and found.name.endswith("_InRelease")
+    (tmp_path / "_srv_repo_._Release").write_text("x")
+    assert cu.release_file("file:/srv/repo ./ Packages", tmp_path).name == "_srv_repo_._Release"
+    assert cu.release_file("/var/lib/dpkg/status", tmp_path) is None
+
+
+@pytest.mark.parametrize(("age_days", "valid_days", "stale"), [
+    (1, 7, False), (8, 7, True),            # Debian's security archive: Valid-Until decides
+    (6, None, False), (8, None, True),      # no Valid-Until: 7 days after its Date
+])
+def test_release_staleness(age_days, valid_days, stale):
+    assert bool(cu.release_is_stale(release_text(NOW - age_days * DAY, valid_days), NOW)) is stale
+
+
+def test_a_security_source_no_longer_refreshed_alerts(conf, alerts, no_apt_lists):
+    """The security mirror blocked while the others answer: apt keeps its old lists and still
+    lists the source. Its expired Release must raise the alert; a fresh one clears it."""
+    state = cu.open_state(conf, clock=Clock(NOW))
+    release = no_apt_lists / "deb.debian.org_debian-security_dists_bookworm-security_InRelease"
+    release.write_text(release_text(NOW - 9 * DAY, 7))
+    cu.check_security_source(conf, state, BOOKWORM_POLICY, "bookworm", now=NOW)
+    assert [a["title"] for a in alerts] == ["No security updates: the security source is no longer refreshed"]
+    assert "expired" in alerts[0]["details"]
+    release.write_text(release_text(NOW - 1 * DAY, 7))
+    cu.check_security_source(conf, state, BOOKWORM_POLICY, "bookworm", now=NOW)
+    assert "security-source-stale" not in state.alerted
+    assert len(alerts) == 1
+
+
+def test_a_source_whose_release_cannot_be_found_is_not_judged(conf, alerts):
+    state = cu.open_state(conf, clock=Clock(NOW))
+    cu.check_security_source(conf, state, BOOKWORM_POLICY, "bookworm", now=NOW)
+    assert alerts == []
