@@ -67,6 +67,63 @@ def test_missing_archive_is_caught_and_new_ones_are_fine():
     assert "no longer listed" in server.guard_problems(state, [a("h-2", "bb")], 14, 4)[0]
 
 
+def epoch(iso: str) -> float:
+    return server.archive_epoch(iso)
+
+
+def test_an_archive_re_dated_in_the_manifest_is_caught():
+    """The practice rewrites the manifest: same names and IDs, other dates, which would steer
+    this server's own prune into deleting the real archives."""
+    recorded = [a("h-1", "aa", "2026-11-20T01:30:00.000000"), a("h-2", "bb", "2026-11-21T01:30:00.000000")]
+    state = {"archives": recorded, "checked_at": epoch("2026-11-21T03:00:00.000000")}
+    now = [a("h-1", "aa", "2026-11-20T01:30:00.000000"), a("h-2", "bb", "2099-01-01T00:00:00.000000")]
+    problems = server.guard_problems(state, now, 10, 3, clock=epoch("2026-11-21T04:00:00.000000"))
+    assert problems and "changed their date" in problems[0] and "h-2" in problems[0]
+
+
+@pytest.mark.parametrize(("start", "what"), [("2099-01-01T00:00:00.000000", "in the future"),
+                                             ("2026-11-01T00:00:00.000000", "before the last check")])
+def test_a_new_archive_with_an_implausible_date_is_caught(start, what):
+    state = {"archives": [a("h-1", "aa", "2026-11-20T01:30:00.000000")],
+             "checked_at": epoch("2026-11-21T03:00:00.000000")}
+    now = state["archives"] + [a("h-9", "ff", start)]
+    problems = server.guard_problems(state, now, 10, 3, clock=epoch("2026-11-21T04:00:00.000000"))
+    assert problems and what in problems[0]
+
+
+def test_a_new_archive_dated_now_within_clock_skew_is_fine():
+    state = {"archives": [a("h-1", "aa", "2026-11-20T01:30:00.000000")],
+             "checked_at": epoch("2026-11-21T03:00:00.000000")}
+    for start in ("2026-11-21T02:30:00.000000", "2026-11-21T04:30:00.000000"):  # a clock 30 min off
+        now = state["archives"] + [a("h-2", "cc", start)]
+        assert server.guard_problems(state, now, 10, 3, clock=epoch("2026-11-21T04:00:00.000000")) == []
+
+
+def test_a_rewritten_repository_config_is_caught():
+    """borg serve lets the practice save a new key even in append-only mode."""
+    state = {"archives": [a("h-1", "aa")], "config_sha256": "1" * 64}
+    assert server.guard_problems(state, [a("h-1", "aa")], 10, 3, "1" * 64) == []
+    problems = server.guard_problems(state, [a("h-1", "aa")], 10, 3, "2" * 64)
+    assert problems and "config" in problems[0] and "key" in problems[0]
+
+
+def test_freshness_counts_from_when_the_server_first_saw_an_archive(repo_client, tmp_path):
+    """Not from the manifest's dates: a future-dated archive must not hide a stale practice."""
+    c = repo_client
+    c.repo.mkdir(parents=True)
+    (c.repo / "config").write_text("[repository]\nid = 00\n")
+    c.transaction = lambda: 10
+    c.commits = lambda: 3
+    c.record([a("pc-1", "aa", "2099-01-01T00:00:00.000000")])
+    seen = c.state["first_seen_newest"]
+    assert abs(seen - time.time()) < 60
+    c.state["first_seen_newest"] = time.time() - 40 * 3600
+    c.record([a("pc-1", "aa", "2099-01-01T00:00:00.000000")])  # nothing new: the time stays
+    assert time.time() - c.state["first_seen_newest"] > 39 * 3600
+    assert c.config_copy.read_text() == (c.repo / "config").read_text()
+    assert oct(c.config_copy.stat().st_mode & 0o777) == "0o600"
+
+
 def test_transaction_history_going_back_is_unexplained():
     state = {"archives": [a("h-1", "aa")], "transaction": 20, "practice_commits": 5}
     assert "went back from 20 to 12" in server.guard_problems(state, [a("h-1", "aa")], 12, 5)[0]
@@ -75,7 +132,8 @@ def test_transaction_history_going_back_is_unexplained():
 
 def test_state_with_names_only_compares_by_name_once():
     legacy = {"archives": ["h-1", "h-2"]}
-    assert server.recorded_archives(legacy) == [{"name": "h-1", "id": None}, {"name": "h-2", "id": None}]
+    assert server.recorded_archives(legacy) == [{"name": "h-1", "id": None, "start": None},
+                                                {"name": "h-2", "id": None, "start": None}]
     assert server.compare(server.recorded_archives(legacy), [a("h-1", "aa")])["missing"] == ["h-2"]
 
 
@@ -184,7 +242,7 @@ def test_prune_session_compacts_when_only_its_prune_changed_things(repo_client):
     fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
     assert server.prune_one(c) == "pruned"
     assert steps == ["prune", "compact"] and not c.alerts
-    assert c.state["archives"] == [{"name": "pc-2", "id": "bb"}]
+    assert c.state["archives"] == [{"name": "pc-2", "id": "bb", "start": "2026-11-29T01:30:00.000000"}]
 
 
 def test_same_name_replacement_stops_before_prune_and_compact(repo_client):
