@@ -20,6 +20,13 @@ if [ "${#scenarios[@]}" -eq 0 ]; then
     case " ${scenarios[*]} " in *" $s "*) ;; *) scenarios+=("$s") ;; esac
   done
 fi
+# Scenarios use fixed container, network and loop-device names: two runs on one machine (a
+# developer's and CI's) would destroy each other's hosts. The second one waits here instead.
+exec 9>/run/lock/cabinet-molecule.lock
+if ! flock -n 9; then
+  echo "==> another Molecule run holds /run/lock/cabinet-molecule.lock; waiting for it"
+  flock -w 5400 9 || { echo "ERROR: the other Molecule run did not end within 90 min" >&2; exit 1; }
+fi
 mkdir -p build/molecule
 rm -f build/molecule/*.result build/molecule/*-verify.xml
 
