@@ -22,6 +22,7 @@ if [ "${#scenarios[@]}" -eq 0 ]; then
 fi
 # Scenarios use fixed container, network and loop-device names: two runs on one machine (a
 # developer's and CI's) would destroy each other's hosts. The second one waits here instead.
+# (Molecule runs with fd 9 closed, so a container monitor cannot keep the lock.)
 exec 9>/run/lock/cabinet-molecule.lock
 if ! flock -n 9; then
   echo "==> another Molecule run holds /run/lock/cabinet-molecule.lock; waiting for it"
@@ -35,7 +36,7 @@ run_one() {
   start=$(date +%s)
   echo "==> molecule test -s $s (log: build/molecule/$s.log)"
   # Molecule's own step lines get a time stamp, for scripts/molecule-report.py.
-  NO_COLOR=1 molecule test -s "$s" 2>&1 | while IFS= read -r line; do
+  NO_COLOR=1 molecule test -s "$s" 9>&- 2>&1 | while IFS= read -r line; do
     if [[ $line == INFO* ]]; then printf '@%(%s)T %s\n' -1 "$line"; else printf '%s\n' "$line"; fi
   done > "build/molecule/$s.log"
   rc=${PIPESTATUS[0]}
