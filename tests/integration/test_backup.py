@@ -366,6 +366,48 @@ def test_offsite_same_name_replacement_and_recreate_are_caught(lab, client, offs
     assert backup_now(client) == "success", "the practice could not back up after the roll-back"
 
 
+def test_offsite_chunk_deleted_behind_unchanged_archive_ids_is_caught(lab, client, offsite, source_data, mailsink):
+    """borg serve --append-only lets the practice's key delete any object (borg debug
+    delete-obj): a chunk that every archive uses goes, while the archive list and IDs stay the
+    same, and the next compaction would free it for good. The guard reads the segments written
+    since its last check, stops compaction, and the roll-back brings the file back identical."""
+    server, name = offsite
+    assert backup_now(client) == "success"
+    kept = archives(client, "offsite")
+    assert server_cmd(server, "check", name).rc == 0  # the baseline
+    repo = server_repo(server, name)
+    segments_before = segments(server, repo)
+    # The 300 kB file is a single chunk (borg's smallest chunk is 512 KiB): its ID is the id-hash
+    # of its content, computed with the practice's key.
+    chunk = client.check_output(
+        f"cabinet-backup borg offsite debug id-hash :: {shlex.quote(f'{SOURCE}/{ACCENTED}')}").strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", chunk), chunk
+    deleted = client.run(f"cabinet-backup borg offsite debug delete-obj :: {chunk}")
+    assert deleted.rc == 0 and f"object {chunk} deleted" in deleted.stdout, deleted.stdout + deleted.stderr
+    assert archives(client, "offsite") == kept
+
+    sender = mail_host(server)
+    before = len(mailsink.alerts(sender, ROLE, f"archives of {name} disappeared or changed"))
+    checked = server_cmd(server, "check", name)
+    assert checked.rc != 0, "the guard did not notice the deleted chunk: " + checked.stdout
+    mail = wait_alert_naming(mailsink, sender, f"archives of {name} disappeared or changed", before,
+                             "deleted or overwritten", chunk[:16])
+    assert mail["X-Cabinet-Severity"] == "critical"
+    assert "no longer listed" not in mail["body"] and "same name" not in mail["body"], \
+        "the archive IDs changed: this test no longer isolates a deletion behind unchanged IDs"
+    prune = server_cmd(server, "prune", name)
+    assert prune.rc != 0 and "not compacted" in prune.stdout, prune.stdout + prune.stderr
+    assert segments_before <= segments(server, repo), "segments holding the chunk were compacted away"
+
+    rollback = server_cmd(server, "rollback", name)
+    assert rollback.rc == 0, rollback.stdout + rollback.stderr
+    assert client.run("cabinet-backup reset-after-rollback offsite").rc == 0
+    assert archives(client, "offsite") == kept
+    assert restore(client, "offsite", kept[-1]) == source_data, "the deleted chunk did not come back"
+    assert server_cmd(server, "check", name).rc == 0
+    assert backup_now(client) == "success", "the practice could not back up after the roll-back"
+
+
 def test_offsite_guard_treats_a_locked_repository_as_busy(lab, client, offsite, mailsink):
     """A long backup or borg check holds borg's lock: the hourly guard waits, says busy, and
     alerts only once that lasts longer than its threshold (set to 0 here)."""

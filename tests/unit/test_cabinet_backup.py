@@ -168,6 +168,111 @@ def test_local_prune_uses_the_same_retention(monkeypatch):
     assert "--keep-within" in calls[0] and calls[1][0] == "compact"
 
 
+# ----------------------------------------------------------------------------- objects behind the IDs
+def key(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def entry(tag: int, k: bytes | None = None, data: bytes = b"") -> bytes:
+    """One borg 1.x segment entry (crc32, size, tag[, key], data); the CRC is not checked here."""
+    body = bytes([tag]) + (k or b"") + data
+    return b"\0\0\0\0" + (4 + len(body) + 4).to_bytes(4, "little") + body
+
+
+def put(n: int, data: bytes = b"chunk") -> bytes:
+    return entry(server.TAG_PUT, key(n), data)
+
+
+def delete(n: int) -> bytes:
+    return entry(server.TAG_DELETE, key(n))
+
+
+COMMIT = entry(server.TAG_COMMIT)
+MANIFEST = 0
+
+
+def write_segments(repo: Path, segments: dict[int, bytes]) -> None:
+    """Segments as borg lays them out: data/<n // 1000>/<n>; index.<n> for each committed one."""
+    for number, body in segments.items():
+        folder = repo / "data" / str(number // 1000)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(number)).write_bytes(server.SEGMENT_MAGIC + body)
+        if body.endswith(COMMIT):
+            (repo / f"index.{number}").write_bytes(b"")
+
+
+def backup_night(first: int) -> bytes:
+    """What a practice's borg create writes: new chunks, a checkpoint archive added then
+    dropped, and the manifest rewritten (a DELETE then a PUT of its all-zero key)."""
+    return (put(first) + put(first + 1) + put(first + 2) + delete(MANIFEST) + put(MANIFEST, b"manifest")
+            + delete(first + 2) + COMMIT)
+
+
+def test_a_practice_s_backups_remove_no_object_that_existed(tmp_path):
+    """Also a DELETE then PUT of the manifest, and a checkpoint added and dropped in one run."""
+    write_segments(tmp_path, {5: put(1) + put(2) + COMMIT, 6: backup_night(10), 7: backup_night(20)})
+    assert server.objects_removed_since(tmp_path, 5, 7) == set()
+    # A checkpoint committed in one transaction and dropped in the next is still new.
+    write_segments(tmp_path, {8: put(30) + COMMIT, 9: delete(30) + COMMIT})
+    assert server.objects_removed_since(tmp_path, 7, 9) == set()
+
+
+@pytest.mark.parametrize("later, what", [
+    (delete(2) + COMMIT, "borg debug delete-obj of a chunk the archives use"),
+    (delete(2) + put(2, b"forged") + COMMIT, "a chunk overwritten (borg deletes, then puts)"),
+    (put(40) + COMMIT + delete(1), "removed in a later, still uncommitted entry: ignored"),
+])
+def test_objects_deleted_or_overwritten_behind_unchanged_ids_are_found(tmp_path, later, what):
+    write_segments(tmp_path, {5: put(1) + put(2) + COMMIT, 6: backup_night(10), 7: later})
+    found = server.objects_removed_since(tmp_path, 5, 7)
+    assert found == (set() if "uncommitted" in what else {key(2)}), what
+
+
+def test_segments_before_the_last_check_and_after_the_last_commit_are_not_read(tmp_path):
+    write_segments(tmp_path, {5: put(1) + COMMIT, 6: delete(1) + COMMIT, 9: delete(3) + COMMIT})
+    assert server.objects_removed_since(tmp_path, 6, 8) == set()
+    assert server.objects_removed_since(tmp_path, 5, 8) == {key(1)}
+
+
+@pytest.mark.parametrize("damage", [b"NOT_BORG", server.SEGMENT_MAGIC + put(1)[:20],
+                                    server.SEGMENT_MAGIC + entry(7, key(1)),
+                                    server.SEGMENT_MAGIC + put(1)[:4] + (10 ** 9).to_bytes(4, "little") + put(1)[8:]])
+def test_an_unreadable_segment_is_an_error_not_a_clean_result(tmp_path, damage):
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    (tmp_path / "data" / "0" / "6").write_bytes(damage)
+    with pytest.raises(server.SegmentUnreadable):
+        server.objects_removed_since(tmp_path, 5, 6)
+
+
+def test_a_segment_that_is_a_symlink_is_not_followed(tmp_path):
+    (tmp_path / "data" / "0").mkdir(parents=True)
+    (tmp_path / "elsewhere").write_bytes(server.SEGMENT_MAGIC + COMMIT)
+    (tmp_path / "data" / "0" / "6").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        server.objects_removed_since(tmp_path, 5, 6)
+
+
+def test_the_guard_alerts_on_removed_objects_and_keeps_them_from_compaction(repo_client):
+    c = repo_client
+    write_segments(c.repo, {5: put(1) + put(2) + COMMIT, 6: backup_night(10), 7: delete(1) + COMMIT})
+    (c.repo / "config").write_text("[repository]\nid = 00\n")
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}], transaction=5, practice_commits=5)
+    c.commits = lambda: 7
+    steps = []
+    fake_repository(c, [[a("pc-1", "aa")]], {"": 7}, steps)
+    c.transaction = lambda: 7
+    assert server.prune_one(c) == "tampered"
+    assert steps == [], "pruned or compacted with a chunk deleted behind the archive IDs"
+    assert c.alerts[0][0] == "critical" and "deleted or overwritten" in c.alerts[0][2]
+    assert key(1).hex()[:16] in c.alerts[0][2] and c.state["transaction"] == 5
+    # A damaged segment is not taken as "nothing removed" either.
+    c.state.pop("tampered")
+    (c.repo / "data" / "0" / "7").write_bytes(b"garbage")
+    fake_repository(c, [[a("pc-1", "aa")]], {"": 7}, steps)
+    c.transaction = lambda: 7
+    assert server.prune_one(c) == "tampered" and "could not be read" in c.alerts[-1][2]
+
+
 # ----------------------------------------------------------------------------- busy versus failed
 def test_lock_timeout_is_busy_by_message_id_not_text():
     assert server.classify_failure(2, lock_timeout_line()) == "busy"
