@@ -4,6 +4,8 @@
 - policy_entropy: the minimum bits a pam_pwquality policy guarantees.
 - password_weaknesses: why a secret is obvious (empty list when nothing is found).
 - secret_problem: one sentence saying why a secret from the inventory must not be used.
+- password_aging_problems: why a maximum password age could lock an account out.
+- password_aging_releases: accounts Ansible connects as that carry a maximum age to remove.
 
 Method (CNIL 2022-100, annex; ANSSI PG-078 §4): a password of L characters drawn from an
 alphabet of N symbols has L x log2(N) bits. N is the sum of the sizes of the classes used:
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import time
 import unicodedata
 from typing import Iterable
 
@@ -211,6 +214,94 @@ def secret_problem(secret: object, name: object = "", min_bits: object = 80, con
     return ""
 
 
+# ----------------------------------------------------------------------------- password aging
+# /etc/shadow fields: name, hash, last change (days since 1970, 0: change at next login, empty:
+# no aging), min, max (empty or -1: none), warn, inactive, expire, reserved.
+NO_MAXIMUM = {"", "-1", "99999"}
+
+
+def _shadow(lines: object) -> dict[str, list[str]]:
+    found = {}
+    for line in lines or []:
+        fields = str(line).split(":")
+        if len(fields) >= 5 and fields[0]:
+            found[fields[0]] = fields
+    return found
+
+
+def _has_maximum(fields: list[str]) -> bool:
+    return fields[4].strip() not in NO_MAXIMUM
+
+
+def _day(days: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days * 86400))
+
+
+def password_aging_problems(shadow_lines: object, accounts: object, max_days: object, today: object,
+                            connecting: object = None, accepted: object = None, warn_days: object = 7) -> list[str]:
+    """Why giving ``accounts`` a maximum password age of ``max_days`` could lock someone out.
+
+    Refused, unless the account is in ``accepted`` (one with another way in): an account Ansible
+    connects as; and, when this run changes the account's maximum, a password that must be
+    changed at the next login, one that would expire at once or within ``warn_days`` (no time
+    to notice the warning and change it), and an account with no usable password (a key-only
+    login: once the maximum passes, sshd and sudo demand a password change it cannot make).
+    ``today``: days since 1970 on the host, in UTC. Never returns a password hash.
+    """
+    maximum, day, warn = int(max_days), int(today), int(warn_days)
+    accepted = set(accepted or [])
+    connecting = set(connecting or [])
+    shadow = _shadow(shadow_lines)
+    problems = []
+    if maximum <= 0:
+        return problems
+    for account in accounts or []:
+        if account in accepted:
+            continue
+        prefix = "password_policy_privileged_accounts: "
+        if account in connecting:
+            problems.append(f"{prefix}{account} is an account Ansible connects as; a maximum age of {maximum} days"
+                            " would stop its sudo and SSH logins once its password is that old.")
+            continue
+        fields = shadow.get(account)
+        if fields is None or fields[4].strip() == str(maximum):
+            continue  # not on this host, or this run changes nothing for it
+        password, last = fields[1], fields[2].strip()
+        if password == "" or password.startswith(("!", "*")):
+            problems.append(f"{prefix}{account} has no usable password (a key-only login, or none); with a maximum"
+                            f" age of {maximum} days its sudo and SSH logins would stop once that age passes,"
+                            " asking for a password change it cannot make.")
+            continue
+        if not last.lstrip("-").isdigit():
+            continue  # aging disabled for this account: a maximum does not expire it
+        last_day = int(last)
+        if last_day == 0:
+            problems.append(f"{prefix}the password of {account} must be changed at its next login (last change: 0);"
+                            f" with password_policy_privileged_max_days={maximum} it would expire at once, which"
+                            " stops its sudo and SSH logins.")
+        elif last_day + maximum <= day:
+            problems.append(f"{prefix}the password of {account} was last changed on {_day(last_day)}; with"
+                            f" password_policy_privileged_max_days={maximum} it would expire at once, which stops"
+                            " its sudo and SSH logins.")
+        elif last_day + maximum <= day + warn:
+            problems.append(f"{prefix}the password of {account} was last changed on {_day(last_day)}; with"
+                            f" password_policy_privileged_max_days={maximum} it would expire on"
+                            f" {_day(last_day + maximum)}, within {warn} days, before anyone can react to the"
+                            " warning; its sudo and SSH logins would then stop.")
+    return problems
+
+
+def password_aging_releases(shadow_lines: object, connecting: object, aged_on_purpose: object = None) -> list[str]:
+    """The accounts Ansible connects as that carry a maximum password age nobody asked this run
+    for (for example set by inventories/example before issue 12 aged the MSP's own admin):
+    their maximum is removed, or they lock the MSP out the day it passes."""
+    shadow = _shadow(shadow_lines)
+    on_purpose = set(aged_on_purpose or [])
+    return [account for account in dict.fromkeys(connecting or [])
+            if account != "root" and account not in on_purpose
+            and account in shadow and _has_maximum(shadow[account])]
+
+
 class FilterModule:
     """cabinet-hardening password strength filters."""
 
@@ -220,4 +311,6 @@ class FilterModule:
             "policy_entropy": policy_entropy,
             "password_weaknesses": password_weaknesses,
             "secret_problem": secret_problem,
+            "password_aging_problems": password_aging_problems,
+            "password_aging_releases": password_aging_releases,
         }

@@ -400,6 +400,21 @@ def test_aging_the_connecting_admin_is_refused_before_any_change(lab, lab_admin,
         lab.check_output(f"chage -d $(date -u +%F) -M -1 {lab_admin}")
 
 
+def test_a_maximum_age_left_on_the_connecting_admin_is_removed(lab, lab_admin, request):
+    """inventories/example before issue 12 gave the admin Ansible connects as a 365-day
+    maximum; the example changed, but the hosts it ran on kept the maximum, and the day it
+    passes the MSP is locked out. A run that does not age that account on purpose removes it."""
+    lab.check_output(f"chage -d $(date -u +%F) -M 365 {lab_admin}")
+    try:
+        run = converge(lab, request, user=lab_admin)
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert max_days(lab, lab_admin) == "", "the admin Ansible connects as still has a maximum password age"
+        assert recap_changed(run, lab.inventory_name) >= 1
+        assert admin_gets_in(lab, lab_admin) == []
+    finally:
+        lab.check_output(f"chage -M -1 {lab_admin}")
+
+
 def test_an_account_that_would_expire_at_once_is_refused_unless_accepted(lab, request):
     old = "cabinet-pwold"
     lab.run(f"userdel -r {old} 2>/dev/null")

@@ -152,4 +152,80 @@ def test_every_refusal_names_the_kind_never_a_part_of_the_secret(secret, kwargs,
 
 
 def test_filters_are_registered():
-    assert set(FilterModule().filters()) == {"password_entropy", "policy_entropy", "password_weaknesses", "secret_problem"}
+    assert set(FilterModule().filters()) == {"password_entropy", "policy_entropy", "password_weaknesses", "secret_problem",
+                                             "password_aging_problems", "password_aging_releases"}
+
+
+# ----------------------------------------------------------------------------- password aging
+TODAY = 20786  # 2026-11-29
+
+
+def shadow(name: str, password: str = "$y$j9T$salt$hash", last: str = "20700", maximum: str = "") -> str:
+    return f"{name}:{password}:{last}:0:{maximum}:7:::"
+
+
+def aging(lines, accounts, **kw):
+    from cabinet_passwords import password_aging_problems
+    return password_aging_problems(lines, accounts, kw.pop("max_days", 365), kw.pop("today", TODAY), **kw)
+
+
+def test_a_recent_password_may_be_aged():
+    assert aging([shadow("cabinet-admin")], ["cabinet-admin"]) == []
+
+
+def test_the_account_ansible_connects_as_is_refused_whatever_its_shadow():
+    found = aging([], ["msp-admin"], connecting=["msp-admin"])
+    assert len(found) == 1 and "msp-admin is an account Ansible connects as" in found[0]
+    assert aging([], ["msp-admin"], connecting=["msp-admin"], accepted=["msp-admin"]) == []
+
+
+@pytest.mark.parametrize("last, words", [
+    ("0", "must be changed at its next login"),
+    (str(TODAY - 400), "it would expire at once"),
+    (str(TODAY - 365), "it would expire at once"),  # expires today
+    (str(TODAY - 360), "within 7 days"),            # expires in 5 days: no time to react
+])
+def test_a_password_that_would_expire_at_once_or_within_days_is_refused(last, words):
+    found = aging([shadow("cabinet-admin", last=last)], ["cabinet-admin"])
+    assert len(found) == 1 and words in found[0], found
+    assert aging([shadow("cabinet-admin", last=last)], ["cabinet-admin"], accepted=["cabinet-admin"]) == []
+
+
+def test_an_expiry_after_the_warning_days_is_fine():
+    assert aging([shadow("cabinet-admin", last=str(TODAY - 357))], ["cabinet-admin"]) == []
+
+
+@pytest.mark.parametrize("password", ["!", "*", "!*", "", "!$y$j9T$salt$hash"])
+def test_an_account_with_no_usable_password_is_refused(password):
+    """A key-only account: once the maximum passes, sshd and sudo ask for a password change it
+    cannot make."""
+    found = aging([shadow("backup-op", password=password)], ["backup-op"])
+    assert len(found) == 1 and "no usable password" in found[0], found
+
+
+def test_an_account_already_at_that_maximum_is_left_as_it_is():
+    """The run changes nothing for it, so it causes no lockout (the expiry is the policy's)."""
+    assert aging([shadow("cabinet-admin", last=str(TODAY - 400), maximum="365")], ["cabinet-admin"]) == []
+    assert aging([shadow("cabinet-admin", last=str(TODAY - 400), maximum="730")], ["cabinet-admin"]) != []
+
+
+def test_no_maximum_refuses_nothing_and_absent_accounts_are_left_alone():
+    assert aging([shadow("backup-op", password="!")], ["backup-op"], max_days=0) == []
+    assert aging([], ["nobody-here"]) == []
+    assert aging([shadow("cabinet-admin", last="")], ["cabinet-admin"]) == []  # aging disabled
+
+
+def test_aging_messages_never_carry_the_hash():
+    secret_hash = "$y$j9T$Zx81salt$Ab12SecretHashValue"
+    for last in ("0", str(TODAY - 400), str(TODAY - 360)):
+        for found in aging([shadow("cabinet-admin", password=secret_hash, last=last)], ["cabinet-admin"]):
+            assert "Zx81" not in found and "SecretHash" not in found
+
+
+def test_the_connecting_account_s_maximum_nobody_asked_for_is_released():
+    from cabinet_passwords import password_aging_releases
+    lines = [shadow("msp-admin", maximum="365"), shadow("lab-admin", maximum=""), shadow("other", maximum="99999"),
+             shadow("root", maximum="90")]
+    assert password_aging_releases(lines, ["msp-admin", "lab-admin", "other", "root"]) == ["msp-admin"]
+    assert password_aging_releases(lines, ["msp-admin"], aged_on_purpose=["msp-admin"]) == []
+    assert password_aging_releases([shadow("msp-admin", maximum="-1")], ["msp-admin"]) == []
