@@ -390,3 +390,30 @@ def test_limit_to_a_practice_host_still_validates_the_off_site_settings_it_write
     assert done.returncode != 0, output[-3000:]
     assert "backup_server_user (on offsite1)" in output, output[-3000:]
     assert recap_changed(output) == 0, output[-3000:]
+
+
+def test_boolean_switches_are_read_through_the_bool_filter():
+    """`-e password_policy_faillock_enabled=false` passes the string "false": the argument specs
+    accept it as a bool, but a bare `when: x`, `'a' if x else 'b'` or `{% if x %}` takes any
+    non-empty string for true (the anti-lockout fault test once turned faillock *on* that way).
+    Every use of a variable declared `type: bool` goes through `| bool`."""
+    import re
+
+    import yaml
+    switches = set()
+    for spec_file in ROOT.glob("roles/*/meta/argument_specs.yml"):
+        for entry in yaml.safe_load(spec_file.read_text())["argument_specs"].values():
+            switches |= {name for name, option in entry.get("options", {}).items() if option.get("type") == "bool"}
+    assert len(switches) > 20, "the argument specs declare the roles' switches as type: bool"
+    bare = re.compile(r"\b(" + "|".join(sorted(switches)) + r")\b(?!\s*\|\s*bool)")
+    found = []
+    for path in sorted(ROOT.glob("roles/*/*/**/*")):
+        if not path.is_file() or path.parts[len(ROOT.parts) + 2] not in ("tasks", "handlers", "templates", "vars"):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            code = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+            # A switch named inside a message is text, not a test.
+            code = re.sub(r"'[^'{}]*('|$)", "''", code)
+            if bare.search(code):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert found == [], "switches read without | bool:\n" + "\n".join(found)
