@@ -11,6 +11,7 @@ CABINET_AV_SCRIPT=/path/to/an/older/cabinet-av runs the same tests against anoth
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import subprocess
 import sys
@@ -181,6 +182,34 @@ def test_many_hard_links_are_copied_once(lab):
     assert [p.name for p in lab.root.iterdir() if p.name.endswith(".exe")] == []
     record = lab.quarantined()[0]
     assert len(record.get("other_paths", [])) == 20
+
+
+def test_a_sparse_file_stays_sparse_in_the_quarantine(lab):
+    """A user's sparse file takes a few kilobytes: copied densely, a thousand of them would fill
+    the disk through root."""
+    infected = lab.root / "sparse.exe"
+    with open(infected, "wb") as handle:
+        handle.write(b"x " + MARKER + b" ")
+        handle.seek(64 << 20)
+        handle.write(b"end")
+    content_sha = hashlib.sha256(infected.read_bytes()).hexdigest()
+    assert infected.stat().st_blocks * 512 < 1 << 20, "the test's premise: the temporary folder keeps holes"
+    lab.scan()
+    moved = [p for p in lab.qdir.iterdir() if not p.name.endswith(".json")]
+    assert len(moved) == 1 and moved[0].stat().st_size == (64 << 20) + 3
+    assert moved[0].stat().st_blocks * 512 < 1 << 20, "the quarantine copy was written densely"
+    assert hashlib.sha256(moved[0].read_bytes()).hexdigest() == content_sha == lab.quarantined()[0]["sha256"]
+
+
+def test_a_quarantine_that_would_fill_its_disk_leaves_the_file_and_alerts(lab, monkeypatch):
+    infected = lab.write(lab.root / "a.exe", b"x " + MARKER + b" " + b"0" * 100_000)
+    full = os.statvfs_result((4096, 4096, 1 << 20, 1000, 1000, 0, 0, 0, 0, 255))  # 4 GiB, 4 MB free
+    monkeypatch.setattr(lab.av.os, "fstatvfs", lambda fd: full)
+    lab.scan()
+    assert infected.exists(), "the file was moved although the quarantine's disk is nearly full"
+    assert [p for p in lab.qdir.iterdir()] == []
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and "quarantine's file system" in failures[0][2]
 
 
 # ----------------------------------------------------------------------------- the scan
