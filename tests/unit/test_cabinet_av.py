@@ -11,6 +11,7 @@ CABINET_AV_SCRIPT=/path/to/an/older/cabinet-av runs the same tests against anoth
 from __future__ import annotations
 
 import json
+import errno
 import hashlib
 import os
 import subprocess
@@ -430,6 +431,23 @@ def test_on_access_detection_is_quarantined_from_clamonacc_s_log(lab):
     again = lab.write(lab.root / "Documents" / "facture.doc", b"x " + MARKER)
     lab.av.report(lab.conf, scanner=_fake_clamd(lab))
     assert again.exists()
+
+
+def test_an_on_access_detection_that_cannot_be_opened_again_is_alerted(lab, monkeypatch):
+    """clamonacc's own prevention (fanotify) can refuse root's open with EPERM: the detection
+    must not vanish silently as "gone" does."""
+    blocked = lab.write(lab.root / "blocked.doc", b"x " + MARKER)
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if path == "blocked.doc":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(lab.av.os, "open", refusing_open)
+    _log(lab, f"{blocked}: {SIG} FOUND")
+    lab.av.report(lab.conf, scanner=_fake_clamd(lab))
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and str(blocked) in failures[0][2] and "could not open it" in failures[0][2]
 
 
 def test_forged_on_access_lines_move_nothing_outside_nor_anything_clean(lab):
