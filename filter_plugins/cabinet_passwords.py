@@ -272,8 +272,14 @@ def password_aging_problems(shadow_lines: object, accounts: object, max_days: ob
                             f" age of {maximum} days its sudo and SSH logins would stop once that age passes,"
                             " asking for a password change it cannot make.")
             continue
-        if not last.lstrip("-").isdigit():
-            continue  # aging disabled for this account: a maximum does not expire it
+        if not last.isdigit():
+            # No last change (empty or -1): shadow-utils and Linux-PAM 1.6+ (Debian 13) see no
+            # aging, but Debian 12's PAM 1.5.2 counts the password as expired as soon as it has
+            # a maximum.
+            problems.append(f"{prefix}the password of {account} has no last-change date; with"
+                            f" password_policy_privileged_max_days={maximum} Debian 12's PAM counts it as expired"
+                            " at once, which stops its sudo and SSH logins (set one with chage -d).")
+            continue
         last_day = int(last)
         if last_day == 0:
             problems.append(f"{prefix}the password of {account} must be changed at its next login (last change: 0);"

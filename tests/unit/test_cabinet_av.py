@@ -213,6 +213,43 @@ def test_a_quarantine_that_would_fill_its_disk_leaves_the_file_and_alerts(lab, m
     assert failures and "quarantine's file system" in failures[0][2]
 
 
+def test_a_file_grown_after_the_scan_is_not_followed(lab):
+    """A user appends to the detected file right after clamd's verdict: root must not copy (or
+    hash) what was never scanned, however large it grows."""
+    infected = lab.write(lab.root / "grow.exe", b"x " + MARKER)
+
+    def append(path):
+        with open(path, "ab") as handle:
+            handle.write(b"more" * 1000)
+    lab.scan(on_detection=append)
+    assert infected.exists() and lab.quarantined() == []
+    assert [p for p in lab.qdir.iterdir()] == []
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and "changed after the scan" in failures[0][2]
+
+
+def test_a_full_disk_during_the_copy_leaves_no_partial_file_and_the_scan_goes_on(lab, monkeypatch):
+    first = lab.write(lab.root / "a" / "first.exe", b"x " + MARKER)
+    second = lab.write(lab.root / "b" / "second.exe", b"y " + MARKER)
+    real_copy = lab.av._copy
+    calls = []
+
+    def full_disk(src, dst, size):
+        calls.append(size)
+        if len(calls) == 1:
+            os.write(dst, b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, size)
+    monkeypatch.setattr(lab.av, "_copy", full_disk)
+    lab.scan()
+    assert len(calls) == 2, "the scan stopped at the first failed copy"
+    assert sum(1 for f in (first, second) if f.exists()) == 1, "exactly the file whose copy failed stays"
+    left = [p for p in lab.qdir.iterdir() if not p.name.endswith(".json")]
+    assert len(left) == 1 and len(lab.quarantined()) == 1, "a partial copy stayed in the quarantine"
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and "No space left on device" in failures[0][2]
+
+
 # ----------------------------------------------------------------------------- the scan
 def test_scan_quarantines_with_content_record_and_one_alert(lab):
     content = b"%PDF-1.4 patient\n" + MARKER + b"\n"

@@ -212,7 +212,14 @@ def test_an_account_already_at_that_maximum_is_left_as_it_is():
 def test_no_maximum_refuses_nothing_and_absent_accounts_are_left_alone():
     assert aging([shadow("backup-op", password="!")], ["backup-op"], max_days=0) == []
     assert aging([], ["nobody-here"]) == []
-    assert aging([shadow("cabinet-admin", last="")], ["cabinet-admin"]) == []  # aging disabled
+
+
+
+@pytest.mark.parametrize("last", ["", "-1"])
+def test_no_last_change_date_is_refused(last):
+    """Debian 13's PAM takes it as no aging, but Debian 12's PAM 1.5.2 as expired at once."""
+    found = aging([shadow("cabinet-admin", last=last)], ["cabinet-admin"])
+    assert len(found) == 1 and "no last-change date" in found[0], found
 
 
 def test_aging_messages_never_carry_the_hash():

@@ -99,6 +99,8 @@ CASES = [
     ("password_policy", {"ansible_user": "msp-admin", "password_policy_privileged_accounts": ["msp-admin"],
                          "password_policy_privileged_max_days": 365}, "password_policy_privileged_accept_lockout",
      "another way in"),
+    ("password_policy", {"password_policy_privileged_max_days": 7}, "password_policy_privileged_max_days",
+     "0 (no maximum) or 30 to 3650"),
     ("password_policy", {"password_policy_privileged_accept_lockout": "msp-admin"},
      "password_policy_privileged_accept_lockout", "expected a YAML list"),
     ("ups_monitoring", {"ups_monitoring_mode": "master"}, "ups_monitoring_mode", "standalone, netserver, netclient"),
