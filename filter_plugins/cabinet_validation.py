@@ -73,6 +73,26 @@ def regex_problem(value: object) -> str:
     return ""
 
 
+# What ansible-core's bool filter reads as true or false (as text, in any case); anything else
+# it takes as false with a deprecation warning, while the roles' argument specs accept more
+# words (y, t, ...) as true.
+_SWITCH_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def switch_problems(values: object) -> list[str]:
+    """One sentence per switch (name -> value) that is not a clear true or false."""
+    if not isinstance(values, dict):
+        raise AnsibleFilterError(f"switch_problems expects a dict of switches, got {type(values).__name__}")
+    problems = []
+    for name, value in values.items():
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            continue
+        if isinstance(value, str) and value.lower() in _SWITCH_WORDS:
+            continue
+        problems.append(f"{name}: expected true or false, got {value!r}.")
+    return problems
+
+
 class FilterModule:
     """cabinet-hardening input validation filters."""
 
@@ -81,4 +101,5 @@ class FilterModule:
             "email_address_problem": email_address_problem,
             "hostname_problem": hostname_problem,
             "regex_problem": regex_problem,
+            "switch_problems": switch_problems,
         }

@@ -74,3 +74,12 @@ def test_bad_regexes(pattern, fragment):
     from cabinet_validation import regex_problem
 
     assert fragment in regex_problem(pattern)
+
+
+def test_switch_problems_accepts_what_the_bool_filter_reads_and_names_the_rest():
+    from cabinet_validation import switch_problems
+    good = {"a": True, "b": False, "c": "false", "d": "Yes", "e": "off", "f": "1", "g": 0, "h": 1}
+    assert switch_problems(good) == []
+    found = switch_problems({"x_enabled": "y", "y_enabled": "t", "z_enabled": "enabled", "w": 2, "v": None})
+    assert [p.split(":")[0] for p in found] == ["x_enabled", "y_enabled", "z_enabled", "w", "v"]
+    assert all("expected true or false" in p for p in found)

@@ -99,6 +99,10 @@ CASES = [
     ("password_policy", {"ansible_user": "msp-admin", "password_policy_privileged_accounts": ["msp-admin"],
                          "password_policy_privileged_max_days": 365}, "password_policy_privileged_accept_lockout",
      "another way in"),
+    # The argument specs take "y" for true, ansible-core's bool filter for false: refused.
+    ("password_policy", {"password_policy_verify_enabled": "y"}, "password_policy_verify_enabled",
+     "expected true or false"),
+    ("alerting", {"alerting_relay_tls_verify": "t"}, "alerting_relay_tls_verify", "expected true or false"),
     ("password_policy", {"password_policy_privileged_max_days": 7}, "password_policy_privileged_max_days",
      "0 (no maximum) or 30 to 3650"),
     ("password_policy", {"password_policy_privileged_accept_lockout": "msp-admin"},
@@ -415,7 +419,25 @@ def test_boolean_switches_are_read_through_the_bool_filter():
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             code = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
             # A switch named inside a message is text, not a test.
+            # The switch check itself hands each value, as given, to switch_problems.
+            if re.fullmatch(r"\s*'(\w+)': \1,?", line):
+                continue
             code = re.sub(r"'[^'{}]*('|$)", "''", code)
             if bare.search(code):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert found == [], "switches read without | bool:\n" + "\n".join(found)
+
+
+def test_every_role_checks_each_of_its_switches_is_true_or_false():
+    """The switch check of each role's validation names exactly the role's bool variables."""
+    import re
+
+    import yaml
+    for spec_file in sorted(ROOT.glob("roles/*/meta/argument_specs.yml")):
+        role = spec_file.parts[-3]
+        options = yaml.safe_load(spec_file.read_text())["argument_specs"]["main"].get("options", {})
+        switches = {name for name, option in options.items() if option.get("type") == "bool"}
+        if not switches:
+            continue
+        checked = set(re.findall(r"^\s*'(\w+)': \1,?$", (ROOT / "roles" / role / "tasks" / "validate.yml").read_text(), re.M))
+        assert checked == switches, f"{role}: the switch check misses {switches - checked} or names {checked - switches}"
