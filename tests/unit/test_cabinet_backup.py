@@ -360,6 +360,25 @@ def test_same_name_replacement_stops_before_prune_and_compact(repo_client):
     assert c.state["tampered"] and c.state["archives"] == [{"name": "pc-1", "id": "aa"}]
 
 
+def test_a_failed_compaction_does_not_make_our_own_prune_look_like_tampering(repo_client):
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}, {"name": "pc-2", "id": "bb"}], transaction=90,
+                   practice_commits=5)
+    steps = []
+    before = [a("pc-1", "aa"), a("pc-2", "bb")]
+    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
+    prune_only = c.borg
+
+    def borg(*args):
+        done = prune_only(*args)
+        return subprocess.CompletedProcess(args, 2 if args[0] == "compact" else 0, "", "lock taken")
+    c.borg = borg
+    with pytest.raises(server.BorgFailed):
+        server.prune_one(c)
+    assert [x["id"] for x in c.state["archives"]] == ["bb"], "the server's own prune was not recorded"
+    assert server.guard_problems(c.state, [before[1]], c.transaction(), 5) == []
+
+
 def test_a_practice_commit_between_prune_and_compact_stops_compaction(repo_client):
     c = repo_client
     c.state.update(archives=[{"name": "pc-1", "id": "aa"}], transaction=90, practice_commits=5)
