@@ -462,11 +462,18 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
 
 # ----------------------------------------------------------------------------- report
 def pytest_collection_modifyitems(items) -> None:
-    """Remember each test's host, so the summary does not guess it from parameter ids."""
+    """Remember each test's host, so the summary does not guess it from parameter ids.
+
+    With pytest-xdist (`-n 2 --dist loadgroup`, as Molecule's verify runs): a suite whose hosts
+    are independent of each other declares HOSTS_SIDE_BY_SIDE = True, and each host's tests then
+    run in order on one worker while another host's run beside them. Every other test, and
+    every test of the other suites, stays on one worker in collection order (group "serial")."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "host" in params:
             item.user_properties.append(("cabinet_host", params["host"]))
+        side_by_side = getattr(item.module, "HOSTS_SIDE_BY_SIDE", False) and "host" in params
+        item.add_marker(pytest.mark.xdist_group(f"host-{params['host']}" if side_by_side else "serial"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001

@@ -23,6 +23,9 @@ from cabinet_passwords import policy_entropy  # noqa: E402
 
 ROLE = "password_policy"
 AUDITED_GROUP = "cabinet_managed"
+# Each host's tests change only that host (its own runs of the role, --limit to it; no mail
+# sink): the two hosts' tests run side by side under pytest-xdist (issue 16).
+HOSTS_SIDE_BY_SIDE = True
 USER = "cabinet-pwtest"
 
 
