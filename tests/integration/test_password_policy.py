@@ -26,6 +26,9 @@ AUDITED_GROUP = "cabinet_managed"
 # Each host's tests change only that host (its own runs of the role, --limit to it; no mail
 # sink): the two hosts' tests run side by side under pytest-xdist (issue 16).
 HOSTS_SIDE_BY_SIDE = True
+# The hash of a lab password (molecule/password_policy/prepare.yml gives it to cabinet-admin).
+LAB_PASSWORD_HASH = ("$6$cabinetlab$QhVLeENiK2kHll.uIRWwvIYKGXC4jD52WAzwMkfm71DamF2zO5hmcS88kqJ"
+                     ".4/UShlobTQVe2rGW1EVS4p/mI0")
 USER = "cabinet-pwtest"
 
 
@@ -428,7 +431,9 @@ def test_a_maximum_age_left_on_the_connecting_admin_is_removed(lab, lab_admin, r
 def test_an_account_that_would_expire_at_once_is_refused_unless_accepted(lab, request):
     old = "cabinet-pwold"
     lab.run(f"userdel -r {old} 2>/dev/null")
-    lab.check_output(f"useradd -m -s /bin/bash {old} && chage -d 2020-01-01 {old}")
+    # A person's account with a password (an account without one is refused for that reason
+    # first), last changed in 2020.
+    lab.check_output(f"useradd -m -s /bin/bash -p {shlex.quote(LAB_PASSWORD_HASH)} {old} && chage -d 2020-01-01 {old}")
     before = lab.check_output(f"getent shadow {old}")
     aging = {"password_policy_privileged_accounts": [old], "password_policy_privileged_max_days": 365}
     try:
