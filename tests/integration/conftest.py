@@ -174,7 +174,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     inventory = _inventory(_inventory_source(metafunc.config))
     pattern = getattr(metafunc.module, "AUDITED_GROUP", "cabinet_managed")
     limit = metafunc.config.getoption("hosts", default=None)
-    names = inventory.hosts(pattern)
+    # Plain strings: ansible-core 2.19 tags the inventory's strings, and pytest-xdist cannot
+    # send tagged strings between its workers (in test ids and user properties).
+    names = [name.encode().decode() for name in inventory.hosts(pattern)]
     if limit:
         wanted = {n for spec in limit for n in inventory.hosts(spec.replace("ansible://", ""))}
         names = [n for n in names if n in wanted]
@@ -471,7 +473,7 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "host" in params:
-            item.user_properties.append(("cabinet_host", params["host"]))
+            item.user_properties.append(("cabinet_host", params["host"].encode().decode()))
         side_by_side = getattr(item.module, "HOSTS_SIDE_BY_SIDE", False) and "host" in params
         item.add_marker(pytest.mark.xdist_group(f"host-{params['host']}" if side_by_side else "serial"))
 
