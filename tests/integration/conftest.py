@@ -174,8 +174,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     inventory = _inventory(_inventory_source(metafunc.config))
     pattern = getattr(metafunc.module, "AUDITED_GROUP", "cabinet_managed")
     limit = metafunc.config.getoption("hosts", default=None)
-    # Plain strings: ansible-core 2.19 tags the inventory's strings, and pytest-xdist cannot
-    # send tagged strings between its workers (in test ids and user properties).
+    # Plain strings: ansible-core 2.19 tags the inventory's strings, which pytest-xdist cannot
+    # send between its workers (test ids, user properties).
     names = [name.encode().decode() for name in inventory.hosts(pattern)]
     if limit:
         wanted = {n for spec in limit for n in inventory.hosts(spec.replace("ansible://", ""))}
@@ -464,18 +464,11 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
 
 # ----------------------------------------------------------------------------- report
 def pytest_collection_modifyitems(items) -> None:
-    """Remember each test's host, so the summary does not guess it from parameter ids.
-
-    With pytest-xdist (`-n 2 --dist loadgroup`, as Molecule's verify runs): a suite whose hosts
-    are independent of each other declares HOSTS_SIDE_BY_SIDE = True, and each host's tests then
-    run in order on one worker while another host's run beside them. Every other test, and
-    every test of the other suites, stays on one worker in collection order (group "serial")."""
+    """Remember each test's host, so the summary does not guess it from parameter ids."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "host" in params:
             item.user_properties.append(("cabinet_host", params["host"].encode().decode()))
-        side_by_side = getattr(item.module, "HOSTS_SIDE_BY_SIDE", False) and "host" in params
-        item.add_marker(pytest.mark.xdist_group(f"host-{params['host']}" if side_by_side else "serial"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001

@@ -23,9 +23,6 @@ from cabinet_passwords import policy_entropy  # noqa: E402
 
 ROLE = "password_policy"
 AUDITED_GROUP = "cabinet_managed"
-# Each host's tests change only that host (its own runs of the role, --limit to it; no mail
-# sink): the two hosts' tests run side by side under pytest-xdist (issue 16).
-HOSTS_SIDE_BY_SIDE = True
 # The hash of a lab password (molecule/password_policy/prepare.yml gives it to cabinet-admin).
 LAB_PASSWORD_HASH = ("$6$cabinetlab$QhVLeENiK2kHll.uIRWwvIYKGXC4jD52WAzwMkfm71DamF2zO5hmcS88kqJ"
                      ".4/UShlobTQVe2rGW1EVS4p/mI0")
