@@ -234,12 +234,12 @@ def test_a_full_disk_during_the_copy_leaves_no_partial_file_and_the_scan_goes_on
     real_copy = lab.av._copy
     calls = []
 
-    def full_disk(src, dst, size):
+    def full_disk(src, dst, size, **limits):
         calls.append(size)
         if len(calls) == 1:
             os.write(dst, b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_copy(src, dst, size)
+        return real_copy(src, dst, size, **limits)
     monkeypatch.setattr(lab.av, "_copy", full_disk)
     lab.scan()
     assert len(calls) == 2, "the scan stopped at the first failed copy"
@@ -248,6 +248,46 @@ def test_a_full_disk_during_the_copy_leaves_no_partial_file_and_the_scan_goes_on
     assert len(left) == 1 and len(lab.quarantined()) == 1, "a partial copy stayed in the quarantine"
     failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
     assert failures and "No space left on device" in failures[0][2]
+
+
+def test_a_hard_link_changed_after_the_copy_is_not_removed(lab, monkeypatch):
+    """The first name was quarantined; the user then rewrites the file through its other name:
+    that name must not be removed without a copy of what it now holds."""
+    first = lab.write(lab.root / "a" / "first.exe", b"x " + MARKER)
+    (lab.root / "b").mkdir()
+    second = lab.root / "b" / "second.exe"
+    os.link(first, second)
+    real_also = lab.av.also_quarantined
+
+    def rewritten_first(*args, **kwargs):
+        # The user's write lands after the first name's copy, before the scan meets the second.
+        with open(second, "ab") as handle:
+            handle.write(b" patient data written after the copy")
+        return real_also(*args, **kwargs)
+    monkeypatch.setattr(lab.av, "also_quarantined", rewritten_first)
+    lab.scan()
+    assert not first.exists() and second.exists(), "the rewritten name was removed without a copy"
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and "changed since its copy" in failures[0][2]
+
+
+def test_a_file_filling_its_holes_during_the_copy_is_stopped_at_its_measured_room(lab, monkeypatch):
+    infected = lab.root / "holes.exe"
+    with open(infected, "wb") as handle:
+        handle.write(b"x " + MARKER + b" ")
+        handle.truncate(8 << 20)
+    real_copy = lab.av._copy
+
+    def filling(src, dst, size, max_written=None):
+        with open(infected, "r+b") as handle:  # the user fills the holes with data
+            handle.seek(1 << 20)
+            handle.write(b"\1" * (6 << 20))
+        return real_copy(src, dst, size, max_written=max_written)
+    monkeypatch.setattr(lab.av, "_copy", filling)
+    lab.scan()
+    assert infected.exists() and [p for p in lab.qdir.iterdir()] == []
+    failures = [a for a in lab.alerts if "NOT quarantined" in a[1]]
+    assert failures and "more room than when the copy began" in failures[0][2]
 
 
 # ----------------------------------------------------------------------------- the scan

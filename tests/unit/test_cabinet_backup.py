@@ -379,6 +379,29 @@ def test_a_failed_compaction_does_not_make_our_own_prune_look_like_tampering(rep
     assert server.guard_problems(c.state, [before[1]], c.transaction(), 5) == []
 
 
+def test_a_compaction_stopped_part_way_is_recorded_as_the_server_s_own(repo_client):
+    """Its committed segments (copies of live objects and of delete markers) must neither look
+    like the practice's deletions at the next check nor lie above the state a rollback returns
+    to: they may hold the only copies of relocated objects."""
+    c = repo_client
+    c.state.update(archives=[{"name": "pc-1", "id": "aa"}, {"name": "pc-2", "id": "bb"}], transaction=90,
+                   practice_commits=5)
+    steps = []
+    before = [a("pc-1", "aa"), a("pc-2", "bb")]
+    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
+    prune_only = c.borg
+
+    def borg(*args):
+        done = prune_only(*args)  # the transaction moves on: the compaction committed segments
+        if args[0] == "compact":
+            raise subprocess.TimeoutExpired(["borg", "compact"], 86400)
+        return done
+    c.borg = borg
+    with pytest.raises(server.BorgFailed):
+        server.prune_one(c)
+    assert c.state["transaction"] == c.transaction(), "the compaction's own segments are above the recorded state"
+
+
 def test_a_practice_commit_between_prune_and_compact_stops_compaction(repo_client):
     c = repo_client
     c.state.update(archives=[{"name": "pc-1", "id": "aa"}], transaction=90, practice_commits=5)
