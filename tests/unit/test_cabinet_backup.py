@@ -360,46 +360,36 @@ def test_same_name_replacement_stops_before_prune_and_compact(repo_client):
     assert c.state["tampered"] and c.state["archives"] == [{"name": "pc-1", "id": "aa"}]
 
 
-def test_a_failed_compaction_does_not_make_our_own_prune_look_like_tampering(repo_client):
+def _compact_exit_2(args):
+    return subprocess.CompletedProcess(args, 2, "", "lock taken")
+
+
+def _compact_timeout(args):
+    raise subprocess.TimeoutExpired(["borg", "compact"], 86400)
+
+
+@pytest.mark.parametrize("failing_compact", [_compact_exit_2, _compact_timeout], ids=["exit-2", "timeout"])
+def test_a_failed_or_stopped_compaction_is_recorded_as_the_server_s_own(repo_client, failing_compact):
+    """The server's prune, and whatever segments a compaction stopped part-way committed (copies
+    of live objects and of delete markers), must neither look like the practice's deletions at
+    the next check nor lie above the state a rollback returns to: they may hold the only copies
+    of relocated objects."""
     c = repo_client
     c.state.update(archives=[{"name": "pc-1", "id": "aa"}, {"name": "pc-2", "id": "bb"}], transaction=90,
                    practice_commits=5)
-    steps = []
     before = [a("pc-1", "aa"), a("pc-2", "bb")]
-    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
+    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, [])
     prune_only = c.borg
 
     def borg(*args):
-        done = prune_only(*args)
-        return subprocess.CompletedProcess(args, 2 if args[0] == "compact" else 0, "", "lock taken")
+        done = prune_only(*args)  # the transaction moves on, as a compaction's commits do
+        return failing_compact(args) if args[0] == "compact" else done
     c.borg = borg
     with pytest.raises(server.BorgFailed):
         server.prune_one(c)
     assert [x["id"] for x in c.state["archives"]] == ["bb"], "the server's own prune was not recorded"
-    assert server.guard_problems(c.state, [before[1]], c.transaction(), 5) == []
-
-
-def test_a_compaction_stopped_part_way_is_recorded_as_the_server_s_own(repo_client):
-    """Its committed segments (copies of live objects and of delete markers) must neither look
-    like the practice's deletions at the next check nor lie above the state a rollback returns
-    to: they may hold the only copies of relocated objects."""
-    c = repo_client
-    c.state.update(archives=[{"name": "pc-1", "id": "aa"}, {"name": "pc-2", "id": "bb"}], transaction=90,
-                   practice_commits=5)
-    steps = []
-    before = [a("pc-1", "aa"), a("pc-2", "bb")]
-    fake_repository(c, [before, [before[1]], [before[1]]], {"": 5}, steps)
-    prune_only = c.borg
-
-    def borg(*args):
-        done = prune_only(*args)  # the transaction moves on: the compaction committed segments
-        if args[0] == "compact":
-            raise subprocess.TimeoutExpired(["borg", "compact"], 86400)
-        return done
-    c.borg = borg
-    with pytest.raises(server.BorgFailed):
-        server.prune_one(c)
     assert c.state["transaction"] == c.transaction(), "the compaction's own segments are above the recorded state"
+    assert server.guard_problems(c.state, [before[1]], c.transaction(), 5) == []
 
 
 def test_a_practice_commit_between_prune_and_compact_stops_compaction(repo_client):
