@@ -211,25 +211,24 @@ COMMON = ("common-auth", "common-account", "common-password", "common-session", 
 PAM_STATE = ("seen", "auth", "account", "password", "session", "session-noninteractive")
 
 
-def converge(lab, request, *extra: str, user: str | None = None, own_strategy: bool = False) -> subprocess.CompletedProcess:
-    """ansible-playbook playbooks/password_policy.yml on this lab host; as `user` if given
-    (podman exec --user, then become through sudo: the way the MSP's admin connects).
+def converge(lab, request, *extra: str, login: list[str] | None = None,
+             own_strategy: bool = False) -> subprocess.CompletedProcess:
+    """ansible-playbook playbooks/password_policy.yml on this lab host: as root over the
+    inventory's connection, or with ``login`` (the ``admin_login`` fixture) the way the MSP's
+    admin connects: over SSH with its key, then become through sudo.
 
     own_strategy: Ansible's own strategy, whatever the caller uses. A new sudo for every task
     is the case a PAM change can break, and mitogen's one privileged session would hide it, so
-    the runs that change PAM as the admin use it. The other runs (as root, or only validating)
-    keep the caller's strategy, which decides nothing they test. (Measured in session 5: their
-    times hardly changed with mitogen; the proofs and the two full role runs per test are the
-    cost, issue 16.)"""
+    the runs that change PAM as the admin use it (and ``admin_login`` opens a new SSH login for
+    every task too). The other runs (as root, or only validating) keep the caller's strategy,
+    which decides nothing they test."""
     inventory = request.config.getoption("ansible_inventory")
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # one line a message, for the assertions
     if own_strategy:
         env.pop("ANSIBLE_STRATEGY", None)
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-v", "-i", inventory, "--limit", lab.inventory_name,
-            str(ROOT / "playbooks" / "password_policy.yml"), *extra]
-    if user:
-        argv += ["-e", f"ansible_user={user}"]
+            str(ROOT / "playbooks" / "password_policy.yml"), *extra, *(login or [])]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
@@ -316,6 +315,37 @@ def lab_admin(lab, inventory, request):
     return name
 
 
+@pytest.fixture(scope="module")
+def admin_login(lab, lab_admin, tmp_path_factory):
+    """Extra variables that make a run connect as the lab's admin, the way the MSP's admin
+    does: SSH to the host's address with the admin's key (which the lab's prepare left in
+    /root/lab-admin-key), the host's own key checked against its public key, then sudo.
+
+    The connection is shared between the tasks of a run, as ansible.cfg has it for the MSP's
+    runs (ControlPersist); with Ansible's own strategy (``own_strategy``) every task still runs
+    its own sudo through the PAM stacks the run is changing. (Before session 6 these runs went
+    through ``podman exec --user``: 2 s a task instead of 1, and sshd's stacks never in the path.)"""
+    folder = tmp_path_factory.mktemp("admin-login")
+    key = folder / "key"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(lab.check_output("cat /root/lab-admin-key") + "\n")
+    address = lab.check_output("hostname -I").split()[0]
+    host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+    known = folder / "known_hosts"
+    known.write_text(f"{address} {host_key[0]} {host_key[1]}\n", encoding="utf-8")
+    options = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={folder}/cp-%C",
+               "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes"]
+    login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
+                               "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
+    probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
+                            "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
+    assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
+    yield login
+    subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
+                   check=False)
+
+
 def admin_gets_in(lab, admin: str) -> list[str]:
     """A new SSH session with the admin's key, and sudo -n in it; and su -l."""
     problems = []
@@ -329,11 +359,11 @@ def admin_gets_in(lab, admin: str) -> list[str]:
     return problems
 
 
-def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, request):
+def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, admin_login, request):
     """The run connects as the admin (sudo), changes PAM, and proves the admin still gets in."""
     assert admin_gets_in(lab, lab_admin) == []
     try:
-        changed = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', user=lab_admin,
+        changed = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', login=admin_login,
                            own_strategy=True)
         assert changed.returncode == 0, changed.stdout[-3000:]
         assert f"{lab_admin} still gets in: account stacks accept it, su opens a session, sudo -n true works" \
@@ -341,12 +371,12 @@ def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, request):
         assert "pam_pwhistory.so" not in lab.file("/etc/pam.d/common-password").content_string, "PAM did not change"
         assert admin_gets_in(lab, lab_admin) == []
     finally:
-        back = converge(lab, request, user=lab_admin)
+        back = converge(lab, request, login=admin_login)
         assert back.returncode == 0, back.stdout[-3000:]
     assert admin_gets_in(lab, lab_admin) == []
 
 
-def test_a_profile_that_locks_out_only_the_admin_is_rolled_back(lab, lab_admin, request):
+def test_a_profile_that_locks_out_only_the_admin_is_rolled_back(lab, lab_admin, admin_login, request):
     """Fault: a package's new default profile refuses the admin account (pam_access) and no one
     else, so the throwaway account's proof passes. The admin's proof must fail the run and the
     rollback must give the admin its way in back, through pam-auth-update. The role runs as the
@@ -357,7 +387,7 @@ def test_a_profile_that_locks_out_only_the_admin_is_rolled_back(lab, lab_admin, 
                     "Account-Type: Additional\nAccount:\n\trequired\tpam_access.so accessfile=/etc/security/lab-deny-admin.conf\n")
     before = snapshot(lab)
     try:
-        run = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', user=lab_admin,
+        run = converge(lab, request, "-e", '{"password_policy_pwhistory_enabled": false}', login=admin_login,
                            own_strategy=True)
         assert run.returncode != 0, "the run passed although the admin account was locked out"
         assert "did not pass the authentication proof" in run.stdout, run.stdout[-3000:]
@@ -393,14 +423,14 @@ def test_a_profile_that_breaks_authentication_is_rolled_back(lab, request):
         assert restored.returncode == 0, restored.stdout[-3000:]
 
 
-def test_aging_the_connecting_admin_is_refused_before_any_change(lab, lab_admin, request):
+def test_aging_the_connecting_admin_is_refused_before_any_change(lab, lab_admin, admin_login, request):
     """inventories/example before issue 12: the admin Ansible connects as, with an old
     password, given a 365-day maximum. The run must stop in its validation, change nothing."""
     lab.check_output(f"chage -d 2020-01-01 {lab_admin}")
     before = lab.check_output(f"getent shadow {lab_admin}")
     try:
         run = converge(lab, request, "-e", json.dumps({"password_policy_privileged_accounts": [lab_admin],
-                                                       "password_policy_privileged_max_days": 365}), user=lab_admin)
+                                                       "password_policy_privileged_max_days": 365}), login=admin_login)
         assert run.returncode != 0, "the run aged the account it connects as"
         assert f"{lab_admin} is an account Ansible connects as" in run.stdout, run.stdout[-3000:]
         assert "password_policy_privileged_accept_lockout" in run.stdout
@@ -411,13 +441,13 @@ def test_aging_the_connecting_admin_is_refused_before_any_change(lab, lab_admin,
         lab.check_output(f"chage -d $(date -u +%F) -M -1 {lab_admin}")
 
 
-def test_a_maximum_age_left_on_the_connecting_admin_is_removed(lab, lab_admin, request):
+def test_a_maximum_age_left_on_the_connecting_admin_is_removed(lab, lab_admin, admin_login, request):
     """inventories/example before issue 12 gave the admin Ansible connects as a 365-day
     maximum; the example changed, but the hosts it ran on kept the maximum, and the day it
     passes the MSP is locked out. A run that does not age that account on purpose removes it."""
     lab.check_output(f"chage -d $(date -u +%F) -M 365 {lab_admin}")
     try:
-        run = converge(lab, request, user=lab_admin)
+        run = converge(lab, request, login=admin_login)
         assert run.returncode == 0, run.stdout[-3000:]
         assert max_days(lab, lab_admin) == "", "the admin Ansible connects as still has a maximum password age"
         assert recap_changed(run, lab.inventory_name) >= 1
