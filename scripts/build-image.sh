@@ -38,6 +38,11 @@ SOURCES
 printf 'Binary::apt::APT::Keep-Downloaded-Packages "true";\nAPT::Keep-Downloaded-Packages "true";\n' \
   > "$rootfs/etc/apt/apt.conf.d/01cabinet-keep-debs"
 printf 'APT::Install-Recommends "false";\n' > "$rootfs/etc/apt/apt.conf.d/01cabinet-no-recommends"
+# A throwaway test container needs no fsync after every file dpkg unpacks (Debian's own
+# container images do the same), nor man-db's index rebuilt after every install: both only
+# cost time (issue 16). Lab images only; the roles never set these on a practice's machine.
+printf 'force-unsafe-io\n' > "$rootfs/etc/dpkg/dpkg.cfg.d/01cabinet-unsafe-io"
+printf 'man-db man-db/auto-update boolean false\n' | chroot "$rootfs" debconf-set-selections
 # A container has no consoles, no kernel to tune, no fsck to run.
 for unit in getty@tty1.service console-getty.service systemd-remount-fs.service \
             systemd-sysctl.service systemd-modules-load.service sys-kernel-config.mount \
