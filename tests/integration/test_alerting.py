@@ -213,7 +213,7 @@ def test_secret_audit_never_puts_a_secret_in_a_command_line(lab, expect):
         deadline = time.monotonic() + 30
         while not (lab.file(f"{folder}/hits").exists and (here / "hits").exists()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        # The canary, in a command line on the host and on the controller (through podman exec).
+        # The canary, in a command line on the host and on the controller (the backend's runc or podman exec).
         lab.check_output(f"sh -c ': {canary}; sleep 1'")
         assert_secrets_not_exposed(lab, [password], "the relay password", roots=SECRET_ROOTS + " /var/spool/postfix")
         time.sleep(0.5)

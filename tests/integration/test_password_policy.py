@@ -219,8 +219,9 @@ def converge(lab, request, *extra: str, login: list[str] | None = None,
 
     own_strategy: Ansible's own strategy, whatever the caller uses. A new sudo for every task
     is the case a PAM change can break, and mitogen's one privileged session would hide it, so
-    the runs that change PAM as the admin use it (and ``admin_login`` opens a new SSH login for
-    every task too). The other runs (as root, or only validating) keep the caller's strategy,
+    the runs that change PAM as the admin use it. (The SSH connection itself is shared by the
+    tasks, as in the MSP's runs; ``admin_gets_in`` opens a new SSH login after every change.)
+    The other runs (as root, or only validating) keep the caller's strategy,
     which decides nothing they test."""
     inventory = request.config.getoption("ansible_inventory")
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
@@ -338,12 +339,15 @@ def admin_login(lab, lab_admin, tmp_path_factory):
                "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes"]
     login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
                                "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
-    probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
-                            "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
-    assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
-    yield login
-    subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
-                   check=False)
+    try:
+        probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
+                                "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
+        assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
+        yield login
+    finally:
+        subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
+                       check=False)
+        key.unlink(missing_ok=True)  # the lab admin's private key leaves the controller with the module
 
 
 def admin_gets_in(lab, admin: str) -> list[str]:
