@@ -23,7 +23,7 @@ export ANSIBLE_NOCOLOR := 1
 # clone the venv (and mitogen in it) only exists once `setup` has run, in the same make. (A
 # lookup at parse time left every CI run from a fresh clone on Ansible's own strategy until
 # session 6.) scripts/molecule-all.sh prints the strategy it runs with.
-WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && strategy=$$($(PY) -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__) + "/plugins/strategy")' 2>/dev/null); then export ANSIBLE_STRATEGY_PLUGINS="$$strategy" ANSIBLE_STRATEGY=mitogen_linear; fi;
+WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && strategy=$$($(PY) -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__) + "/plugins/strategy")' 2>/dev/null); then export ANSIBLE_STRATEGY_PLUGINS="$$strategy" ANSIBLE_STRATEGY=mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
 .PHONY: help setup venv host images lint unit molecule converge verify idempotence destroy test demo demo-clean clean
 
@@ -73,7 +73,7 @@ demo: setup ## Start the demo practice, apply playbooks/site.yml, print the audi
 	@$(WITH_MITOGEN) bash scripts/demo.sh up
 
 demo-clean: ## Remove the demo practice's containers and network
-	@bash scripts/demo.sh clean
+	@$(WITH_MITOGEN) bash scripts/demo.sh clean
 
 clean: demo-clean ## Remove the demo and the virtual environment (images and caches stay)
 	rm -rf $(VENV)

@@ -328,9 +328,6 @@ def admin_login(lab, lab_admin, tmp_path_factory):
     through ``podman exec --user``: 2 s a task instead of 1, and sshd's stacks never in the path.)"""
     folder = tmp_path_factory.mktemp("admin-login")
     key = folder / "key"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(lab.check_output("cat /root/lab-admin-key") + "\n")
     address = lab.check_output("hostname -I").split()[0]
     host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
     known = folder / "known_hosts"
@@ -340,6 +337,9 @@ def admin_login(lab, lab_admin, tmp_path_factory):
     login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
                                "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
     try:
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(lab.check_output("cat /root/lab-admin-key") + "\n")
         probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
                                 "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
         assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
