@@ -8,10 +8,9 @@ cd "$(dirname "$0")/.."
 jobs=${CABINET_MOLECULE_JOBS:-2}
 scenarios=("$@")
 if [ "${#scenarios[@]}" -eq 0 ]; then
-  # Longest first, so the two job slots end together (measured in session 4, alone or two at a
-  # time: password_policy about 25 min since its admin-lockout and rollback tests, backup 20,
-  # ups_monitoring 18, auto_updates 12, antivirus 12, alerting 7); then any other scenario in
-  # alphabetical order.
+  # Longest first, so the two job slots end together (measured in session 6, two at a time:
+  # backup 838 s, password_policy 798, ups_monitoring 602, auto_updates 440, antivirus 268,
+  # alerting 140); then any other scenario in alphabetical order.
   for s in password_policy backup ups_monitoring auto_updates antivirus alerting; do
     [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
   done
