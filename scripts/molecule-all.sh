@@ -27,7 +27,7 @@ if ! flock -n 9; then
   echo "==> another Molecule run holds /run/lock/cabinet-molecule.lock; waiting for it"
   flock -w 5400 9 || { echo "ERROR: the other Molecule run did not end within 90 min" >&2; exit 1; }
 fi
-echo "==> Ansible strategy: ${ANSIBLE_STRATEGY:-linear (Ansible's own; mitogen not found or CABINET_MITOGEN=0)}"
+echo "==> Ansible strategy: ${ANSIBLE_STRATEGY:-linear, Ansible own: mitogen not found or CABINET_MITOGEN=0}"
 mkdir -p build/molecule
 rm -f build/molecule/*.result build/molecule/*-verify.xml
 
