@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -24,3 +25,13 @@ def load_script(path: str | Path, name: str | None = None) -> types.ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the script loads
     loader.exec_module(module)
     return module
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment of an ansible-playbook run on the controller from a unit test: this
+    repository's ansible.cfg, no colour, and Ansible's own strategy. The tests render or
+    validate on localhost, where mitogen decides nothing (and its local connection once tried
+    to start a child through sudo, session 6); `make unit` exports mitogen for the rest."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **extra}
+    env.pop("ANSIBLE_STRATEGY", None)
+    return env

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import load_script
+from conftest import ansible_env, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "auto_updates"
@@ -402,11 +402,8 @@ def render_role(tmp_path: Path, virtualization_type: str, virtualization_role: s
              "distribution_major_version": "12"}
     extra = json.dumps({"role": str(ROLE), "out": str(tmp_path), "ansible_facts": facts})
     ansible = Path(sys.executable).parent / "ansible-playbook"
-    # Ansible's own strategy, as test_role_inputs.py runs it: a local render needs no mitogen,
-    # and mitogen's local connection tried to start a privileged child through sudo.
-    env = {k: v for k, v in os.environ.items() if k not in ("ANSIBLE_STRATEGY", "ANSIBLE_STRATEGY_PLUGINS")}
     done = subprocess.run([str(ansible), str(playbook), "-e", extra], capture_output=True, text=True,
-                          cwd=ROOT, check=False, env={**env, "ANSIBLE_NOCOLOR": "1"})
+                          cwd=ROOT, check=False, env=ansible_env())
     assert done.returncode == 0, done.stdout + done.stderr
     return (json.loads((tmp_path / "auto_updates.json").read_text(encoding="utf-8")),
             (tmp_path / "apt.conf").read_text(encoding="utf-8"))

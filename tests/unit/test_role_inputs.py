@@ -13,12 +13,12 @@ the first things every role's tasks/main.yml does, and one runs a whole site.yml
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ansible_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "tests" / "unit" / "roles" / "validate_role.yml"
@@ -199,16 +199,8 @@ def run_role(role: str, variables: dict, tmp_path: Path) -> subprocess.Completed
     extra = tmp_path / "vars.json"
     facts = {**HARNESS_FACTS, **variables.get("harness_facts", {})}
     extra.write_text(json.dumps({"role_under_test": role, **variables, "harness_facts": facts}), encoding="utf-8")
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_LIBRARY": str(ROOT / "tests" / "unit" / "library"),
-    }
-    env.pop("ANSIBLE_STRATEGY", None)
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+                      ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_LIBRARY=str(ROOT / "tests" / "unit" / "library"))
     # cabinet_validate_only: each role runs up to the end of its validation, as the first
     # play of site.yml runs it; no --tags, so a validation task that changed something would
     # show in the recap. Check mode on top: this is the controller.
@@ -338,9 +330,7 @@ def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None
     }}}), encoding="utf-8")
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps(variables), encoding="utf-8")
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_LOCALHOST_WARNING": "false"}
-    env.pop("ANSIBLE_STRATEGY", None)
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOCALHOST_WARNING="false")
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
          str(PLAYBOOKS / playbook), "-e", f"@{extra}", "-e", "ansible_connection=local",
