@@ -8,7 +8,7 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 if [ "$(id -u)" -ne 0 ]; then
   die "the test rig needs root (rootful podman, debootstrap). Run as root, or install by hand:
-  apt-get install podman runc netavark aardvark-dns iptables debootstrap
+  apt-get install podman runc netavark aardvark-dns iptables debootstrap chromium testssl.sh npm
 and copy scripts/containers.conf to /etc/containers/containers.conf."
 fi
 if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
@@ -17,7 +17,11 @@ if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>
   scripts/containers.conf in /etc/containers/containers.conf."
 fi
 
-packages=(podman runc netavark aardvark-dns iptables debootstrap)
+# chromium and testssl.sh: the website practice's browser and TLS checks (Playwright drives
+# Debian's chromium; nothing downloads a browser). npm fetches the consent library and axe-core
+# on the controller; a host that already has an npm (from another packaging of Node.js) keeps it.
+packages=(podman runc netavark aardvark-dns iptables debootstrap chromium testssl.sh)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

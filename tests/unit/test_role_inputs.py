@@ -45,6 +45,27 @@ GOOD = {
                "backup_offsite_enabled": False, "backup_sources": ["/srv/patients", "/home"],
                "backup_database_dumps": [{"name": "patients", "command": "/usr/bin/mysqldump --all-databases"}]},
 }
+WEB_SITE = {"name": "tilleuls", "server_name": "www.cabinet-tilleuls.fr", "content": "static",
+            "source": str(ROOT / "molecule" / "website_privacy" / "files" / "site-tilleuls"),
+            "services": [{"name": "youtube", "purpose": "video", "hosts": ["www.youtube-nocookie.com"]}]}
+WEB = {**ALERTING,
+       "website_privacy_sites": [WEB_SITE],
+       "website_privacy_publisher": {"kind": "professional", "name": "Dr Marie Durand", "address": "12 rue des Tilleuls, Lyon",
+                                     "phone": "04 72 00 00 00", "email": "contact@cabinet-tilleuls.fr",
+                                     "profession": "Médecin généraliste", "rpps": "10101234567",
+                                     "ordre": "Ordre des médecins du Rhône", "conventionnement": "Secteur 1"},
+       "website_privacy_hosting": {"name": "Hébergeur SAS", "address": "1 rue du Port, Lyon", "phone": "04 72 11 11 11"},
+       "website_privacy_rights_recipient": "secretariat@cabinet-tilleuls.fr",
+       "website_privacy_acme_email": "webmaster@msp.example"}
+GOOD["website_privacy"] = WEB
+
+
+def _web(**site: object) -> dict:
+    """website_privacy_sites with the one site changed (None removes a key)."""
+    changed = {k: v for k, v in {**WEB_SITE, **site}.items() if v is not None}
+    return {"website_privacy_sites": [changed]}
+
+
 UPS_SECONDARY = {"ups_monitoring_secondary_password": "Jm6^tC1!xV9@sG5*yN8"}
 UPS_NETSERVER = {"ups_monitoring_mode": "netserver", "ups_monitoring_listen_addresses": ["192.0.2.10"], **UPS_SECONDARY}
 UPS_NETCLIENT = {"ups_monitoring_mode": "netclient", "ups_monitoring_server": "srv-tilleuls", **UPS_SECONDARY}
@@ -184,6 +205,32 @@ CASES = [
     ("auto_updates", {"auto_updates_reboot_alert_after_hours": 721}, "auto_updates_reboot_alert_after_hours", "0 to 720"),
     ("ups_monitoring", {"ups_monitoring_realert_hours": 0}, "ups_monitoring_realert_hours", "1 to 720"),
     ("ups_monitoring", {"ups_monitoring_realert_hours": 721}, "ups_monitoring_realert_hours", "1 to 720"),
+    # website_privacy: the issue's cases, then more.
+    ("website_privacy", {"website_privacy_publisher": {**WEB["website_privacy_publisher"], "rpps": ""}},
+     "website_privacy_publisher.rpps", "RPPS number, 11 digits"),
+    ("website_privacy", {"website_privacy_publisher": {**WEB["website_privacy_publisher"], "rpps": "1010123"}},
+     "website_privacy_publisher.rpps", "RPPS number, 11 digits"),
+    ("website_privacy", {"website_privacy_hosting": {"name": "", "address": "", "phone": ""}},
+     "website_privacy_hosting.name", "host's identity"),
+    ("website_privacy", _web(services=[{"name": "youtube", "hosts": ["www.youtube-nocookie.com"]}]), "purpose", "required"),
+    ("website_privacy", _web(services=[{"name": "youtube", "purpose": "video"}]), "hosts", "required"),
+    ("website_privacy", _web(services=[{"name": "youtube", "purpose": "video", "hosts": []}]), "hosts",
+     "expected the hosts the service loads from"),
+    ("website_privacy", _web(services=[{"name": "pub", "purpose": "advertising", "hosts": ["ads.example.com"]}]), "purpose",
+     "analytics"),
+    ("website_privacy", _web(server_name="www.cabinet tilleuls.fr"), "server_name", "fully qualified host name"),
+    ("website_privacy", _web(server_name="*.cabinet-tilleuls.fr"), "server_name", "no wildcard"),
+    ("website_privacy", _web(server_name="Cabinet-Tilleuls"), "server_name", "fully qualified host name"),
+    ("website_privacy", _web(certificate="provided"), "tls_certificate", "missing certificate"),
+    ("website_privacy", _web(source="/nonexistent/site"), "source", "not found"),
+    ("website_privacy", _web(content="proxy", upstream="http://127.0.0.1:8080/wordpress"), "upstream", "no path"),
+    ("website_privacy", _web(name="Tilleuls!"), "website_privacy_sites[0].name", "lower-case letters"),
+    ("website_privacy", _web(services=[{"name": "self", "purpose": "video", "hosts": ["www.cabinet-tilleuls.fr"]}]),
+     "hosts", "own names"),
+    ("website_privacy", {"website_privacy_rights_recipient": ""}, "website_privacy_rights_recipient", "expected one address"),
+    ("website_privacy", {"website_privacy_acme_email": "webmaster"}, "website_privacy_acme_email", "expected one address"),
+    ("website_privacy", {"website_privacy_consent_days": 395}, "website_privacy_consent_days", "1 to 183"),
+    ("website_privacy", {"website_privacy_form_enabled": "oui"}, "website_privacy_form_enabled", "true or false"),
     # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
     ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
      "antivirus_min_memory_mb", "MB of RAM, below"),
