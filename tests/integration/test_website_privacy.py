@@ -336,10 +336,14 @@ def test_the_rights_form_service_is_confined_and_local(host, expect):
     unit = "cabinet-rights-form.service"
     assert host.service(unit).is_running and host.service(unit).is_enabled
     shown = dict(line.split("=", 1) for line in host.check_output(
-        f"systemctl show {unit} -p DynamicUser -p ProtectSystem -p NoNewPrivileges -p PrivateTmp -p CapabilityBoundingSet"
+        f"systemctl show {unit} -p User -p ProtectSystem -p ProtectHome -p NoNewPrivileges -p PrivateTmp "
+        f"-p CapabilityBoundingSet -p MainPID"
     ).splitlines())
-    assert shown["DynamicUser"] == "yes" and shown["ProtectSystem"] == "strict" and shown["NoNewPrivileges"] == "yes"
-    assert shown["PrivateTmp"] == "yes" and shown["CapabilityBoundingSet"] == ""
+    assert shown["User"] == "cabinet-webform" and shown["ProtectSystem"] == "strict" and shown["NoNewPrivileges"] == "yes"
+    assert shown["PrivateTmp"] == "yes" and shown["CapabilityBoundingSet"] == "" and shown["ProtectHome"] == "yes"
+    # The running process is that user, and the user owns nothing it could write a request into.
+    assert host.check_output("ps -o user= -p %s", shown["MainPID"]) == "cabinet-webform"
+    assert host.check_output("find / -xdev -user cabinet-webform -not -path '/proc/*' 2>/dev/null | head -5") == ""
     port = int(expect("website_privacy_form_port"))
     listening = host.check_output("ss -Htln sport = :%s", port)
     assert listening and all(line.split()[3].startswith(("127.0.0.1:", "[::1]:")) for line in listening.splitlines()), \
