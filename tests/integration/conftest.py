@@ -102,8 +102,12 @@ class Inventory:
     def __init__(self, source: str) -> None:
         from ansible.inventory.manager import InventoryManager
         from ansible.parsing.dataloader import DataLoader
+        from ansible.plugins.loader import init_plugin_loader
         from ansible.vars.manager import VariableManager
 
+        # Lookups in inventory values (lookup('ansible.builtin.file', ...) of a certificate, as
+        # a scenario's or an MSP's inventory holds) need Ansible's plugin and collection loader.
+        init_plugin_loader()
         self.loader = DataLoader()
         vault_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
         if vault_file:
