@@ -30,24 +30,23 @@ PURPOSES = ("analytics", "video", "map", "appointment")
 _SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Elements whose URL attribute makes the browser load something as the page loads.
-_LOADING = {
-    "script": ("src",),
-    "iframe": ("src",),
-    "frame": ("src",),
-    "img": ("src", "srcset"),
-    "source": ("src", "srcset"),
-    "video": ("src", "poster"),
-    "audio": ("src",),
-    "track": ("src",),
-    "embed": ("src",),
-    "object": ("data",),
-    "input": ("src",),
-}
-# Of those, the ones held back until consent when they belong to a declared service.
-_HELD_BY_SOURCE = {"iframe", "img", "source", "video", "audio"}
+# Attributes that make the browser fetch something as the page loads, whatever the element
+# (href and xlink:href only outside navigation elements: an SVG <image>, <use>, <script>).
+_FETCHING = ("src", "srcset", "imagesrcset", "poster", "data", "background", "href", "xlink:href", "ping",
+             "action", "formaction", "codebase", "archive", "manifest", "itemtype")
+# Elements whose href is a link the visitor follows, not a fetch (<a ping> is checked apart).
+_NAVIGATION = {"a", "area"}
+# Of the elements of a declared service, those held back until consent by moving their URL.
+_HELD_BY_SOURCE = {"iframe", "img", "image", "source", "video", "audio"}
 # <link rel=...> values that only name a page and load nothing.
 _LINK_NAMES_ONLY = {"canonical", "alternate", "author", "license", "help", "me", "next", "prev", "bookmark"}
-_JS_TYPES = {"", "text/javascript", "application/javascript", "module", "text/ecmascript"}
+# <script type> values that hold data and never run; any other type is taken as a script.
+_DATA_TYPES = {"application/ld+json", "application/json", "text/plain", "text/template", "text/x-template", "text/html"}
+# Referrer policies a page may set for itself: none sends a page's path to another site.
+_REFERRER_OK = {"no-referrer", "same-origin", "strict-origin", "strict-origin-when-cross-origin", "origin"}
+# Markup where Python's parser and browsers disagree on where a comment ends: a tag hidden from
+# this filter inside what it takes for a comment would be live in the browser.
+_AMBIGUOUS = re.compile(r"--!>|<!--->|<!-->|<!\[CDATA\[|<!--\[if|<!\[endif", re.IGNORECASE)
 
 
 def server_name_problem(value: object) -> str:
@@ -81,7 +80,7 @@ def rpps_problem(value: object) -> str:
 
 _SITE_DEFAULTS = {"server_aliases": [], "title": "", "content": "static", "source": "", "upstream": "",
                   "certificate": "acme", "tls_certificate": "", "tls_private_key": "", "services": []}
-_SERVICE_DEFAULTS = {"label": "", "provider": "", "privacy_url": "", "hosts": []}
+_SERVICE_DEFAULTS = {"label": "", "provider": "", "privacy_url": "", "hosts": [], "cookies": []}
 
 
 def website_sites(sites: object) -> list[dict]:
@@ -121,6 +120,49 @@ def _validation():
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return sys.modules[name]
+
+
+def _one_line(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(value) <= limit and not re.search(r"[\x00-\x1f\x7f\u2028\u2029]", value)
+
+
+def _certificate_problems(cert_pem: str, key_pem: str, names: list[str]) -> list[str]:
+    """Why a provided certificate cannot serve these names with this key: it does not parse,
+    the key is not its key, it has expired, or it does not name every site name."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError as exc:
+        return [f"the certificate does not parse ({exc})."]
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        return [f"the private key does not parse, or has a passphrase nginx could not type ({exc})."]
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    problems = []
+    if key.public_key().public_bytes(serialization.Encoding.DER, spki) != \
+            cert.public_key().public_bytes(serialization.Encoding.DER, spki):
+        problems.append("the private key is not the certificate's key.")
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        problems.append(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}.")
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        sans = []
+    missing = [n for n in names if n and not any(_matches(n, s.lower()) for s in sans)]
+    if missing:
+        problems.append(f"the certificate does not name {', '.join(missing)} (it names {', '.join(sans) or 'none'}).")
+    return problems
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return name.count(".") == pattern.count(".") and name.endswith(pattern[1:])
+    return name == pattern
 
 
 def _blank(value: object) -> bool:
@@ -164,10 +206,16 @@ def website_problems(sites: object, publisher: object, hosting: object, settings
             if "-----BEGIN CERTIFICATE-----" not in str(site["tls_certificate"]):
                 problems.append(f"{label}.tls_certificate: the certificate is \"provided\" but no PEM certificate "
                                 f"was given (missing certificate).")
-            if not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", str(site["tls_private_key"])):
+            elif not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", str(site["tls_private_key"])):
                 problems.append(f"{label}.tls_private_key: the certificate is \"provided\" but no PEM private key was given.")
+            else:
+                problems += [f"{label}.tls_certificate: {p}" for p in
+                             _certificate_problems(site["tls_certificate"], site["tls_private_key"],
+                                                   [site.get("server_name")] + site["server_aliases"])]
         elif site["certificate"] != "acme":
             problems.append(f"{label}.certificate: expected acme or provided, got {site['certificate']!r}.")
+        if not _one_line(site["title"], 120):
+            problems.append(f"{label}.title: expected one line of at most 120 characters, got {site['title']!r}.")
         names = [svc.get("name") for svc in site["services"]]
         if len(names) != len(set(map(str, names))):
             problems.append(f"{label}.services: two services have the same name.")
@@ -176,6 +224,14 @@ def website_problems(sites: object, publisher: object, hosting: object, settings
             if not isinstance(svc.get("name"), str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", svc["name"]):
                 problems.append(f"{var}.services[{j}].name: expected lower-case letters, digits, hyphens such as "
                                 f"youtube, got {svc.get('name')!r}.")
+            for key in ("label", "provider"):
+                if not _one_line(svc.get(key, ""), 120):
+                    problems.append(f"{where}.{key}: expected one line of at most 120 characters, got {svc.get(key)!r}.")
+            if svc.get("privacy_url") and not re.fullmatch(r"https://[^\s\"'<>]+", str(svc["privacy_url"])):
+                problems.append(f"{where}.privacy_url: expected an https:// address, got {svc['privacy_url']!r}.")
+            for pattern in svc.get("cookies") or []:
+                if not isinstance(pattern, str) or not re.fullmatch(r"[A-Za-z0-9_.*+?^$|()\[\]-]{1,80}", pattern):
+                    problems.append(f"{where}.cookies: expected cookie names or simple patterns such as _pk_.*, got {pattern!r}.")
             if svc.get("purpose") not in PURPOSES:
                 problems.append(f"{where}.purpose: expected one of {', '.join(PURPOSES)}, got {svc.get('purpose')!r}.")
             if not svc["hosts"]:
@@ -233,6 +289,9 @@ def website_problems(sites: object, publisher: object, hosting: object, settings
 def _host_of(url: str) -> str | None:
     """The host a URL loads from, or None for a URL of the page's own site (relative, data:)."""
     url = url.strip()
+    if "\\" in url:
+        # Browsers read a backslash as a slash: "/\\t.example/" loads from t.example.
+        raise ValueError(f"a backslash in the URL {url!r}")
     if url.startswith("//"):
         url = "https:" + url
     try:
@@ -250,13 +309,23 @@ def _srcset_urls(value: str) -> list[str]:
     return [item.strip().split()[0] for item in value.split(",") if item.strip()]
 
 
+def _refresh_url(content: str) -> str:
+    """The URL of <meta http-equiv=refresh content="5; url='...'">, with or without url=."""
+    _, _, rest = content.partition(";")
+    rest = rest.strip()
+    rest = re.sub(r"^url\s*=\s*", "", rest, flags=re.IGNORECASE)
+    return rest.strip().strip("'\"")
+
+
 class _Tags(HTMLParser):
-    """Collects every start tag with its place in the text, and inline script bodies."""
+    """Every start tag with its place in the text, inline script bodies, and the places of the
+    real (not commented-out) </head> and </body>."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[int, int, str, list[tuple[str, str | None]], str]] = []
         self.inline_scripts: list[int] = []
+        self.ends: dict[str, list[int]] = {"head": [], "body": []}
         self._script_open: tuple[int, bool] | None = None
         self._lines: list[int] = []
 
@@ -278,7 +347,7 @@ class _Tags(HTMLParser):
         self.tags.append((start, start + len(raw), tag, attrs, raw))
         if tag == "script":
             attr = dict(attrs)
-            runs = (attr.get("type") or "").strip().lower() in _JS_TYPES
+            runs = (attr.get("type") or "").strip().lower() not in _DATA_TYPES
             self._script_open = (start, runs and attr.get("src") is None)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -293,6 +362,8 @@ class _Tags(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":
             self._script_open = None
+        if tag in self.ends:
+            self.ends[tag].append(self._offset())
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -314,6 +385,33 @@ def _service_index(services: list[dict]) -> dict[str, dict]:
     return index
 
 
+def _fetched_urls(tag: str, attrs: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """(attribute, URL) of everything the element makes the browser fetch."""
+    attr = dict(attrs)
+    urls: list[tuple[str, str]] = []
+    for name, value in attrs:
+        if not value or name not in _FETCHING:
+            continue
+        if name in ("href", "xlink:href"):
+            if tag in _NAVIGATION or tag == "base":
+                continue
+            if tag == "link" and set((attr.get("rel") or "").lower().split()) <= _LINK_NAMES_ONLY:
+                continue
+        if name == "itemtype":
+            continue  # a vocabulary's name, never fetched
+        if name in ("srcset", "imagesrcset"):
+            urls += [(name, url) for url in _srcset_urls(value)]
+        elif name in ("ping", "archive"):
+            urls += [(name, url) for url in value.split()]
+        else:
+            urls.append((name, value))
+    if tag == "meta" and (attr.get("http-equiv") or "").lower() == "refresh":
+        url = _refresh_url(attr.get("content") or "")
+        if url:
+            urls.append(("content", url))
+    return urls
+
+
 def website_page(text: object, services: object = None, own_hosts: object = None,
                  head: str = "", footer: str = "", page: str = "page") -> str:
     """Rewrite one page of a static site (see the module's docstring). ``services`` is the
@@ -328,9 +426,12 @@ def website_page(text: object, services: object = None, own_hosts: object = None
     own = {str(h).lower() for h in (own_hosts or [])}
     index = _service_index(services)
 
+    problems: list[str] = []
+    for match in _AMBIGUOUS.finditer(text):
+        problems.append(f"line {_line_of(text, match.start())}: {match.group(0)!r}, a comment or CDATA form that "
+                        f"browsers and this check read differently; use plain <!-- ... --> comments")
     parser = _Tags()
     parser.feed_text(text)
-    problems: list[str] = []
     for start in parser.inline_scripts:
         problems.append(f"line {_line_of(text, start)}: an inline <script>; move it to a .js file of the "
                         f"site (the Content-Security-Policy runs no inline script)")
@@ -338,54 +439,49 @@ def website_page(text: object, services: object = None, own_hosts: object = None
     edits: list[tuple[int, int, str]] = []
     for start, end, tag, attrs, raw in parser.tags:
         line = _line_of(text, start)
-        attr_names = [name for name, _ in attrs]
-        handlers = [name for name in attr_names if name.startswith("on")]
+        attr = dict(attrs)
+        names = [name for name, _ in attrs]
+        if len(names) != len(set(names)):
+            problems.append(f"line {line}: <{tag}> has an attribute twice (browsers read the first, this check "
+                            f"the last)")
+            continue
+        handlers = [name for name in names if name.startswith("on")]
         if handlers:
             problems.append(f"line {line}: <{tag} {handlers[0]}=...>, an inline event handler; use a .js file "
                             f"(the Content-Security-Policy runs no inline script)")
         if tag == "base":
             problems.append(f"line {line}: a <base> element; the site's pages must not redirect their links")
-        if tag == "form":
-            action = dict(attrs).get("action") or ""
-            host = _host_of(action) if action else None
-            if host is not None and host not in own:
-                problems.append(f"line {line}: a form that posts to {host}; no third-party form on the site")
-        if tag == "meta" and (dict(attrs).get("http-equiv") or "").lower() == "refresh":
-            url = (dict(attrs).get("content") or "").partition("=")[2]
-            host = _host_of(url) if url else None
-            if host is not None and host not in own:
-                problems.append(f"line {line}: a <meta refresh> to {host}")
-        urls: list[tuple[str, str]] = []
-        if tag == "link":
-            rels = set((dict(attrs).get("rel") or "").lower().split())
-            href = dict(attrs).get("href")
-            if href and not rels <= _LINK_NAMES_ONLY:
-                urls.append(("href", href))
-        for name in _LOADING.get(tag, ()):
-            value = dict(attrs).get(name)
-            if value:
-                for url in (_srcset_urls(value) if name == "srcset" else [value]):
-                    urls.append((name, url))
+        if tag == "meta" and (attr.get("name") or "").lower() == "referrer" \
+                and (attr.get("content") or "").strip().lower() not in _REFERRER_OK:
+            problems.append(f"line {line}: <meta name=referrer content={attr.get('content')!r}> would send the "
+                            f"page's address to other sites")
         foreign: dict[str, dict | None] = {}
-        for name, url in urls:
+        for name, url in _fetched_urls(tag, attrs):
             try:
                 host = _host_of(url)
             except ValueError as exc:
-                problems.append(f"line {line}: <{tag}>: {exc}")
+                problems.append(f"line {line}: <{tag} {name}>: {exc}")
                 continue
             if host is None or host in own:
                 continue
-            foreign[host] = index.get(host)
+            if name in ("action", "formaction"):
+                problems.append(f"line {line}: a form that posts to {host}; no third-party form on the site")
+                continue
+            foreign[host] = index.get(host) if name in ("src", "srcset", "poster", "data-src") else None
+            if name not in ("src", "srcset", "poster"):
+                problems.append(f"line {line}: <{tag} {name}=...> reaches {host} as the page loads; only the src of "
+                                f"a declared service's <script>, <iframe> or media can wait for consent")
+                foreign.pop(host, None)
         if not foreign:
             continue
-        undeclared = sorted(h for h, s in foreign.items() if s is None)
+        undeclared = sorted(h for h, svc in foreign.items() if svc is None)
         if undeclared:
             problems.append(f"line {line}: <{tag}> loads from {', '.join(undeclared)}, which no service of the "
                             f"site declares (website_privacy_sites[].services[].hosts); declare it with its "
                             f"purpose, or serve the file from the site")
             continue
-        owners = {s["name"] for s in foreign.values() if s}
-        service = next(s for s in foreign.values() if s)
+        owners = {svc["name"] for svc in foreign.values() if svc}
+        service = next(svc for svc in foreign.values() if svc)
         if len(owners) > 1:
             problems.append(f"line {line}: <{tag}> loads from the hosts of several services ({', '.join(sorted(owners))})")
             continue
@@ -393,7 +489,7 @@ def website_page(text: object, services: object = None, own_hosts: object = None
         kept = [(n, v) for n, v in attrs if n not in ("data-category", "data-service")]
         if tag == "script":
             # The consent library's own markup: it fetches data-src and restores data-type.
-            kind = (dict(attrs).get("type") or "").strip()
+            kind = (attr.get("type") or "").strip()
             kept = [("data-src" if n == "src" else n, v) for n, v in kept if n != "type"]
             new_attrs = [("type", "text/plain")] + ([("data-type", kind)] if kind else []) + extra + kept
         elif tag in _HELD_BY_SOURCE:
@@ -407,24 +503,18 @@ def website_page(text: object, services: object = None, own_hosts: object = None
     if problems:
         raise AnsibleFilterError(f"website_page: {page}: " + "; ".join(problems) + ".")
 
+    # The head and footer go before the real </head> and </body> (not one inside a comment),
+    # or at the start and the end of a page that has none.
+    if head:
+        at = parser.ends["head"][0] if parser.ends["head"] else 0
+        edits.append((at, at, head + "\n"))
+    if footer:
+        at = parser.ends["body"][-1] if parser.ends["body"] else len(text)
+        edits.append((at, at, footer + "\n"))
     out = text
-    for start, end, replacement in sorted(edits, reverse=True):
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
         out = out[:start] + replacement + out[end:]
-    out = _insert_before(out, "</head>", head, at_start=True)
-    out = _insert_before(out, "</body>", footer, at_start=False)
     return out
-
-
-def _insert_before(text: str, closing: str, snippet: str, at_start: bool) -> str:
-    if not snippet:
-        return text
-    match = None
-    for match in re.finditer(re.escape(closing), text, flags=re.IGNORECASE):
-        if at_start:
-            break
-    if match is not None:
-        return text[:match.start()] + snippet + "\n" + text[match.start():]
-    return (snippet + "\n" + text) if at_start else (text + "\n" + snippet + "\n")
 
 
 class FilterModule:

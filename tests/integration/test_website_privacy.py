@@ -140,6 +140,10 @@ def check_headers(headers: dict, what: str) -> None:
     assert "'unsafe-inline'" not in csp.get("script-src", []) and "'unsafe-eval'" not in csp.get("script-src", []), what
     assert "'unsafe-inline'" not in csp.get("default-src", []), what
     assert csp.get("frame-ancestors") == ["'none'"], what
+    # One policy, ours: a proxied CMS's own (weaker) one is hidden, not appended.
+    assert "'unsafe-eval'" not in headers["content-security-policy"] and " * " not in headers["content-security-policy"] + " ", what
+    assert headers.get("x-frame-options") == "DENY", what
+    assert "x-powered-by" not in headers, f"{what}: {headers.get('x-powered-by')}"
     assert csp.get("object-src") == ["'none'"], what
     assert headers["x-content-type-options"] == "nosniff", what
     assert headers["referrer-policy"] in ("strict-origin-when-cross-origin", "same-origin", "no-referrer",
@@ -199,10 +203,11 @@ def test_every_response_carries_the_security_headers(host, expect):
                 assert "Page introuvable" in text, (name, path)
 
 
-def test_an_unknown_name_gets_nothing(host):
+def test_an_unknown_name_gets_nothing(host, expect):
     ip = address(host)
     if ip is None:
         not_applicable("needs the host's address (a lab host)")
+    assert fetch(ip, sites(expect)[0]["server_name"], "/")[0] == 200   # nginx answers its own names
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         fetch(ip, "site-inconnu.example", "/")
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError, OSError)):
@@ -339,10 +344,12 @@ def test_the_rights_form_service_is_confined_and_local(host, expect):
     # The running process is that user, and the user owns nothing it could write a request into.
     assert host.check_output("ps -o user= -p %s", shown["MainPID"]) == "cabinet-webform"
     assert host.check_output("find / -xdev -user cabinet-webform -not -path '/proc/*' 2>/dev/null | head -5") == ""
-    port = int(expect("website_privacy_form_port"))
-    listening = host.check_output("ss -Htln sport = :%s", str(port))
-    assert listening and all(line.split()[3].startswith(("127.0.0.1:", "[::1]:")) for line in listening.splitlines()), \
-        listening
+    # nginx reaches it through a socket systemd made at boot, root:www-data 0660 in /run: no
+    # local user can listen in its place (a loopback port could be taken by anyone).
+    sock = host.file("/run/cabinet-rights-form.sock")
+    assert sock.is_socket and (sock.user, sock.group, sock.mode) == ("root", "www-data", 0o660)
+    assert host.service("cabinet-rights-form.socket").is_enabled
+    assert f"pid={shown['MainPID']}," not in host.check_output("ss -Hlpn"), "the form's service listens on the network"
 
 
 # ----------------------------------------------------------------------------- lab: the form
@@ -398,6 +405,13 @@ def test_a_request_from_another_site_is_refused(lab, expect):
 
 
 # ----------------------------------------------------------------------------- lab: certificates
+def acme_site(expect) -> dict:
+    found = [s for s in sites(expect) if s["certificate"] == "acme"]
+    if not found:
+        not_applicable("no site of this host takes its certificate from ACME")
+    return found[0]
+
+
 def set_renew_before(lab, site: str, days: int) -> None:
     lab.check_output(f"sed -i 's/^renew_before_expiry = .*/renew_before_expiry = {days} days/' "
                      f"/etc/letsencrypt/renewal/{site}.conf")
@@ -405,7 +419,7 @@ def set_renew_before(lab, site: str, days: int) -> None:
 
 def test_certbots_timer_unit_renews_the_acme_certificate_and_nginx_serves_it(lab, expect):
     ip = address(lab)
-    site = next(s for s in sites(expect) if s["certificate"] == "acme")
+    site = acme_site(expect)
     before = served_certificate(ip, site["server_name"])
     issuer = lab.check_output("openssl x509 -in %s -noout -issuer", cert_paths(site))
     assert "Pebble" in issuer or "pebble" in issuer, issuer
@@ -422,7 +436,7 @@ def test_certbots_timer_unit_renews_the_acme_certificate_and_nginx_serves_it(lab
 
 def test_a_failed_renewal_alerts_the_msp_and_keeps_the_certificate(lab, expect, mailsink):
     ip = address(lab)
-    site = next(s for s in sites(expect) if s["certificate"] == "acme")
+    site = acme_site(expect)
     acme_host = urlsplit(expect("website_privacy_acme_directory")).hostname
     mail_host = lab.check_output("postconf -h myhostname")
     seen = len(mailsink.alerts(mail_host, ROLE, "renewal failed"))
@@ -652,6 +666,10 @@ def test_browser_withdrawal_from_the_footer_on_every_page(visit, host):
     v.page.wait_for_timeout(500)
     assert v.recorder.third_parties(), "accepting everything contacted no third party"
     screenshot(v, host, "accepte")
+    # What a consented tracker leaves on the site's domain, as its declared cookies say.
+    patterns = [p for s in v.site["services"] for p in s.get("cookies", [])]
+    planted = [re.sub(r"[^A-Za-z0-9_]", "", p.replace(".*", "_id.1.cab")) for p in patterns]
+    v.context.add_cookies([{"name": name, "value": "x", "url": v.url("/")} for name in planted])
     pages = ["/", "/acces.html"] + [f"{PREFIX}/{p}" for p in LEGAL_PAGES]
     for path in pages:
         v.goto(path)
@@ -672,6 +690,28 @@ def test_browser_withdrawal_from_the_footer_on_every_page(visit, host):
         v.goto(path)
     assert v.recorder.third_parties() == set(), v.recorder.third_parties()
     assert v.consent()["categories"] == ["necessary"]
+    left = {c["name"] for c in v.context.cookies()} & set(planted)
+    assert not left, f"withdrawal left the trackers' cookies: {left}"
+
+
+def test_browser_a_proxied_cms_holds_third_parties_back_until_consent(visit, host, expect):
+    proxied = [s for s in sites(expect) if s["content"] == "proxy" and s["services"]]
+    if not proxied:
+        not_applicable("no proxied site with services on this host")
+    v = visit(name=proxied[0]["name"])
+    v.goto("/")
+    assert v.banner_shown()
+    assert v.recorder.third_parties() == set(), v.recorder.third_parties()
+    assert v.page.locator("footer.cabinet-legal a#cabinet-cookie-settings").count() == 1
+    v.page.locator('#cc-main .cm .cm__btn[data-role="show"]').click()
+    v.page.wait_for_timeout(300)
+    v.page.locator('#cc-main .pm input.section__toggle[value="video"]:not([data-category])').check(force=True)
+    with v.page.expect_navigation():
+        v.page.locator('#cc-main .pm .pm__btn[data-role="save"]').click()
+    v.page.wait_for_timeout(500)
+    contacted = v.recorder.third_parties()
+    assert contacted == purposes_hosts(v.site, "video"), contacted
+    screenshot(v, host, "cms-video")
 
 
 def test_browser_a_site_without_services_shows_no_banner(visit, host):

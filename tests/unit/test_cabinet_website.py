@@ -69,7 +69,24 @@ def test_the_sites_own_files_and_links_to_elsewhere_are_left_alone():
     ('<base href="https://elsewhere.example/">', "<base>"),
     ('<embed src="https://www.youtube-nocookie.com/v.swf">', "cannot be held back"),
     ('<iframe src="javascript:alert(1)"></iframe>', "javascript:"),
-    ('<meta http-equiv="refresh" content="0; url=https://elsewhere.example/">', "meta refresh"),
+    ('<meta http-equiv="refresh" content="0; url=https://elsewhere.example/">', "reaches elsewhere.example"),
+    # What a hostile read of session 7 slipped past the first version of the filter:
+    ("<!-- a --!><link rel=preconnect href=https://t.example><!-- -->", "'--!>'"),
+    ("<!--><link rel=preconnect href=https://t.example><!-- -->", "'<!-->'"),
+    ("<![CDATA[ x ><link rel=preconnect href=https://t.example>]]>", "CDATA"),
+    ('<link rel=preconnect href=https://t.example href=/x>', "attribute twice"),
+    ('<iframe src=https://t.example src=/x></iframe>', "attribute twice"),
+    ('<link rel="icon" href="/\\t.example/">', "backslash"),
+    ('<img src="\\\\t.example/x.png">', "backslash"),
+    ('<meta http-equiv="refresh" content="0; https://elsewhere.example/">', "reaches elsewhere.example"),
+    ("<meta http-equiv=refresh content=\"0; url='https://elsewhere.example/'\">", "reaches elsewhere.example"),
+    ('<image src="https://t.example/x.png">', "t.example, which no service"),
+    ('<svg><script href="https://t.example/x.js"></script></svg>', "reaches t.example"),
+    ('<link rel="preload" as="image" imagesrcset="https://t.example/a.png 2x">', "reaches t.example"),
+    ('<script type="application/x-javascript">alert(1)</script>', "an inline <script>"),
+    ('<meta name="referrer" content="unsafe-url">', "referrer"),
+    ('<a href="/x" ping="https://t.example/p">x</a>', "reaches t.example"),
+    ('<link rel="dns-prefetch" href="//www.youtube-nocookie.com">', "reaches www.youtube-nocookie.com"),
 ])
 def test_anything_else_that_loads_elsewhere_or_runs_inline_stops_the_run(snippet, words):
     with pytest.raises(AnsibleFilterError) as error:
@@ -86,6 +103,12 @@ def test_the_head_and_footer_are_added_once():
     out = website_page(page("<p>x</p>"), [], OWN, head="<!--HEAD-->", footer="<!--FOOT-->")
     assert out.count("<!--HEAD-->") == 1 and out.index("<!--HEAD-->") < out.index("</head>")
     assert out.count("<!--FOOT-->") == 1 and out.index("<!--FOOT-->") < out.index("</body>")
+
+
+def test_the_head_and_footer_go_before_the_real_end_tags_not_commented_ones():
+    text = "<html><head><!-- </head> --><title>t</title></head><body><p>x</p></body><!-- </body> --></html>"
+    out = website_page(text, [], OWN, head="<!--HEAD-->", footer="<!--FOOT-->")
+    assert out.index("<!--HEAD-->") > out.index("<title>") and out.index("<!--FOOT-->") == out.index("</body>") - 12
 
 
 def test_a_page_without_head_or_body_still_gets_both():
@@ -202,3 +225,40 @@ def test_the_watcher_reads_a_real_certificate():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+# ----------------------------------------------------------------------------- provided certificates, text fields
+FILES = ROOT / "molecule" / "website_privacy" / "files"
+
+
+def _site(tmp_path, **change):
+    return [{"name": "x", "server_name": "sobre-12.test", "source": str(tmp_path), **change}]
+
+
+def _problems(sites):
+    publisher = {"kind": "association", "name": "A", "address": "1 rue", "phone": "01", "email": "a@x.fr"}
+    return website_problems(sites, publisher, {"name": "H", "address": "2", "phone": "3"},
+                            {"form_enabled": False, "acme_email": "w@x.fr", "acme_directory": "https://a.example/dir"})
+
+
+def test_a_provided_certificate_must_fit_its_key_and_names(tmp_path):
+    cert, key = (FILES / "sobre.crt").read_text(), (FILES / "sobre.key").read_text()
+    good = _site(tmp_path, certificate="provided", tls_certificate=cert, tls_private_key=key)
+    assert _problems(good) == []
+    other_key = (ROOT / "molecule" / "resources" / "files" / "pebble.key").read_text()
+    found = " ".join(_problems(_site(tmp_path, certificate="provided", tls_certificate=cert, tls_private_key=other_key)))
+    assert "not the certificate's key" in found
+    found = " ".join(_problems(_site(tmp_path, server_name="www.ailleurs.fr", certificate="provided",
+                                     tls_certificate=cert, tls_private_key=key)))
+    assert "does not name www.ailleurs.fr" in found
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"title": "Cabinet\nBcc: x"}, "title: expected one line"),
+    ({"services": [{"name": "yt", "purpose": "video", "hosts": ["y.example.com"], "privacy_url": "javascript:alert(1)"}]},
+     "privacy_url: expected an https://"),
+    ({"services": [{"name": "yt", "purpose": "video", "hosts": ["y.example.com"], "label": "x\ny"}]}, "label: expected one line"),
+    ({"services": [{"name": "yt", "purpose": "video", "hosts": ["y.example.com"], "cookies": ["a b"]}]}, "cookies: expected"),
+])
+def test_text_fields_are_single_lines_and_links_are_https(tmp_path, change, words):
+    assert words in " ".join(_problems(_site(tmp_path, **change)))

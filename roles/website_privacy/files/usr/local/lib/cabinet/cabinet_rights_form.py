@@ -2,13 +2,15 @@
 # cabinet_rights_form: the patients' rights request form of the practice's websites (role
 # website_privacy). Managed by Ansible; local changes are overwritten.
 #
-# nginx passes POST /rgpd/demande here (127.0.0.1 only, body size and rate already limited).
+# nginx passes POST /rgpd/demande here through a Unix socket that systemd makes at boot
+# (cabinet-rights-form.socket, root:www-data 0660: no local user can listen in its place), with
+# the body size and the rate already limited.
 # The request is checked, then mailed to the practice through the host's Postfix (the alerting
 # role's relay) on 127.0.0.1:25. Nothing is written anywhere: no file, no log of what the
 # visitor typed (only "request accepted/refused" and the reason's kind). The service runs as a
 # dynamic user in a read-only system (cabinet-rights-form.service).
 # Settings: /etc/cabinet/website/rights-form.json
-#   {"port": 8787, "max_bytes": 8192, "recipient": "...", "sender": "...",
+#   {"max_bytes": 8192, "recipient": "...", "sender": "...",
 #    "sites": {"www.example.fr": {"title": "...", "phone": "...", "prefix": "/rgpd"}}}
 """Rights requests (GDPR art. 15-21, 7(3)): validate, mail to the practice, keep nothing."""
 
@@ -19,9 +21,12 @@ import email.utils
 import html
 import json
 import re
+import os
 import smtplib
+import socket
+import socketserver
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 CONFIG = "/etc/cabinet/website/rights-form.json"
@@ -115,6 +120,11 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "cabinet-rights-form"
     sys_version = ""
     config: dict = {}
+    # A client that sends slowly is dropped instead of holding one of the service's threads.
+    timeout = 15
+
+    def address_string(self) -> str:  # a Unix socket's peer has no address
+        return "nginx"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         # Nothing the visitor sent is logged; nginx's access log has the request line.
@@ -168,7 +178,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             with smtplib.SMTP("127.0.0.1", 25, timeout=30) as smtp:
                 smtp.send_message(message(values, site, server_name, cfg["recipient"], cfg["sender"]))
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, ValueError) as exc:
             print(f"error: the local mail server did not take the request ({type(exc).__name__})", file=sys.stderr, flush=True)
             self.reply(503, site, "Demande non transmise",
                        "<p class=\"cabinet-errors\" role=\"alert\">Votre demande n'a pas pu être transmise. "
@@ -183,12 +193,20 @@ class Handler(BaseHTTPRequestHandler):
         self.send_error(405)
 
 
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 def main() -> int:
     with open(CONFIG, encoding="utf-8") as handle:
         Handler.config = json.load(handle)
-    server = ThreadingHTTPServer(("127.0.0.1", int(Handler.config["port"])), Handler)
-    server.daemon_threads = True
-    print(f"listening on 127.0.0.1:{Handler.config['port']}", flush=True)
+    # systemd's socket activation: the listening socket is file descriptor 3.
+    if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") != str(os.getpid()):
+        print("error: start me through cabinet-rights-form.socket (systemd socket activation)", file=sys.stderr)
+        return 2
+    server = Server(None, Handler, bind_and_activate=False)
+    server.socket = socket.socket(fileno=3)
+    print("serving the rights form on the socket systemd handed over", flush=True)
     server.serve_forever()
     return 0
 
