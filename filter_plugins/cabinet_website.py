@@ -46,7 +46,11 @@ _DATA_TYPES = {"application/ld+json", "application/json", "text/plain", "text/te
 _REFERRER_OK = {"no-referrer", "same-origin", "strict-origin", "strict-origin-when-cross-origin", "origin"}
 # Markup where Python's parser and browsers disagree on where a comment ends: a tag hidden from
 # this filter inside what it takes for a comment would be live in the browser.
-_AMBIGUOUS = re.compile(r"--!>|<!--->|<!-->|<!\[CDATA\[|<!--\[if|<!\[endif", re.IGNORECASE)
+_AMBIGUOUS = re.compile(r"--!>|<!--->|<!-->|<!\[|<!--\[if|</(?:script|style)[^>\s]", re.IGNORECASE)
+# Characters browsers drop from anywhere in a URL (tab, line feed, carriage return), and those
+# they trim from its ends (C0 controls and space).
+_URL_DROPPED = re.compile(r"[\t\n\r]")
+_URL_TRIMMED = "".join(chr(c) for c in range(0x21))
 
 
 def server_name_problem(value: object) -> str:
@@ -122,6 +126,14 @@ def _validation():
     return sys.modules[name]
 
 
+def _regex_error(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return True
+    return False
+
+
 def _one_line(value: object, limit: int) -> bool:
     return isinstance(value, str) and len(value) <= limit and not re.search(r"[\x00-\x1f\x7f\u2028\u2029]", value)
 
@@ -147,8 +159,15 @@ def _certificate_problems(cert_pem: str, key_pem: str, names: list[str]) -> list
     if key.public_key().public_bytes(serialization.Encoding.DER, spki) != \
             cert.public_key().public_bytes(serialization.Encoding.DER, spki):
         problems.append("the private key is not the certificate's key.")
-    if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
-        problems.append(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}.")
+    # cryptography 42 and later; Debian 12's python3-cryptography (38) has the naive ones only.
+    utc = dt.timezone.utc
+    not_after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=utc)
+    not_before = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=utc)
+    now = dt.datetime.now(utc)
+    if not_after <= now:
+        problems.append(f"the certificate expired on {not_after:%Y-%m-%d}.")
+    if not_before > now:
+        problems.append(f"the certificate is not valid before {not_before:%Y-%m-%d}.")
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
@@ -230,7 +249,8 @@ def website_problems(sites: object, publisher: object, hosting: object, settings
             if svc.get("privacy_url") and not re.fullmatch(r"https://[^\s\"'<>]+", str(svc["privacy_url"])):
                 problems.append(f"{where}.privacy_url: expected an https:// address, got {svc['privacy_url']!r}.")
             for pattern in svc.get("cookies") or []:
-                if not isinstance(pattern, str) or not re.fullmatch(r"[A-Za-z0-9_.*+?^$|()\[\]-]{1,80}", pattern):
+                if not isinstance(pattern, str) or not re.fullmatch(r"[A-Za-z0-9_.*+?^$|()\[\]-]{1,80}", pattern) \
+                        or _regex_error(pattern):
                     problems.append(f"{where}.cookies: expected cookie names or simple patterns such as _pk_.*, got {pattern!r}.")
             if svc.get("purpose") not in PURPOSES:
                 problems.append(f"{where}.purpose: expected one of {', '.join(PURPOSES)}, got {svc.get('purpose')!r}.")
@@ -288,7 +308,7 @@ def website_problems(sites: object, publisher: object, hosting: object, settings
 
 def _host_of(url: str) -> str | None:
     """The host a URL loads from, or None for a URL of the page's own site (relative, data:)."""
-    url = url.strip()
+    url = _URL_DROPPED.sub("", url).strip(_URL_TRIMMED)
     if "\\" in url:
         # Browsers read a backslash as a slash: "/\\t.example/" loads from t.example.
         raise ValueError(f"a backslash in the URL {url!r}")
@@ -298,7 +318,7 @@ def _host_of(url: str) -> str | None:
         parts = urlsplit(url)
     except ValueError as exc:
         raise ValueError(f"unreadable URL {url!r}") from exc
-    if parts.scheme in ("http", "https"):
+    if parts.scheme in ("http", "https") or (parts.scheme == "" and parts.netloc):
         return (parts.hostname or "").lower()
     if parts.scheme in ("", "data", "blob", "mailto", "tel", "about"):
         return None
@@ -310,11 +330,10 @@ def _srcset_urls(value: str) -> list[str]:
 
 
 def _refresh_url(content: str) -> str:
-    """The URL of <meta http-equiv=refresh content="5; url='...'">, with or without url=."""
-    _, _, rest = content.partition(";")
-    rest = rest.strip()
-    rest = re.sub(r"^url\s*=\s*", "", rest, flags=re.IGNORECASE)
-    return rest.strip().strip("'\"")
+    """The URL of <meta http-equiv=refresh content="5; url='...'">, read as the HTML standard
+    reads it: a delay, then ';', ',' or spaces, then the URL with or without url=."""
+    match = re.match(r"\s*[\d.]*\s*[;,]?\s*(?:url\s*=\s*)?(.*)", content, re.IGNORECASE | re.DOTALL)
+    return match.group(1).strip().strip("'\"") if match else ""
 
 
 class _Tags(HTMLParser):
@@ -356,8 +375,11 @@ class _Tags(HTMLParser):
             self._script_open = None
 
     def handle_data(self, data: str) -> None:
-        if self._script_open and self._script_open[1] and data.strip():
-            self.inline_scripts.append(self._script_open[0])
+        if self._script_open and data.strip():
+            # A script that runs inline, or a data block that holds markup (where browsers and
+            # this parser may disagree on where it ends).
+            if self._script_open[1] or "<" in data:
+                self.inline_scripts.append(self._script_open[0])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":
@@ -433,8 +455,8 @@ def website_page(text: object, services: object = None, own_hosts: object = None
     parser = _Tags()
     parser.feed_text(text)
     for start in parser.inline_scripts:
-        problems.append(f"line {_line_of(text, start)}: an inline <script>; move it to a .js file of the "
-                        f"site (the Content-Security-Policy runs no inline script)")
+        problems.append(f"line {_line_of(text, start)}: an inline <script> (or a data block holding markup); move "
+                        f"it to a .js file of the site (the Content-Security-Policy runs no inline script)")
 
     edits: list[tuple[int, int, str]] = []
     for start, end, tag, attrs, raw in parser.tags:
@@ -451,6 +473,11 @@ def website_page(text: object, services: object = None, own_hosts: object = None
                             f"(the Content-Security-Policy runs no inline script)")
         if tag == "base":
             problems.append(f"line {line}: a <base> element; the site's pages must not redirect their links")
+        if tag == "style":
+            problems.append(f"line {line}: an inline <style>; move it to a .css file of the site (the "
+                            f"Content-Security-Policy applies no inline style)")
+        if "srcdoc" in names:
+            problems.append(f"line {line}: <{tag} srcdoc=...>, a page inside the page that this check does not read")
         if tag == "meta" and (attr.get("name") or "").lower() == "referrer" \
                 and (attr.get("content") or "").strip().lower() not in _REFERRER_OK:
             problems.append(f"line {line}: <meta name=referrer content={attr.get('content')!r}> would send the "

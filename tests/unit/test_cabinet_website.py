@@ -87,6 +87,18 @@ def test_the_sites_own_files_and_links_to_elsewhere_are_left_alone():
     ('<meta name="referrer" content="unsafe-url">', "referrer"),
     ('<a href="/x" ping="https://t.example/p">x</a>', "reaches t.example"),
     ('<link rel="dns-prefetch" href="//www.youtube-nocookie.com">', "reaches www.youtube-nocookie.com"),
+    # ... and what the second hostile read of session 7 slipped past the fixes:
+    ("<style></style/><link rel=preconnect href=https://evil.example></style>", "inline <style>"),
+    ("<svg><style><p><link rel=preconnect href=https://evil.example></style></svg>", "inline <style>"),
+    ("<script type=text/plain></script/><link rel=preconnect href=https://evil.example></script>", "'</script/'"),
+    ("<script type=text/plain></script x><link rel=preconnect href=https://evil.example></script>", "data block holding markup"),
+    ("<![temp[ > <link rel=preconnect href=https://evil.example> ]]>", "'<!['"),
+    ('<link rel=preconnect href="/&#10;/evil.example">', "reaches evil.example"),
+    ('<link rel=preconnect href="/\t/evil.example">', "reaches evil.example"),
+    ('<link rel=preconnect href="\x01//evil.example">', "reaches evil.example"),
+    ('<meta http-equiv="refresh" content="0,https://evil.example/">', "reaches evil.example"),
+    ('<meta http-equiv="refresh" content="0 https://evil.example/">', "reaches evil.example"),
+    ('<iframe srcdoc="<link rel=preconnect href=https://evil.example>"></iframe>', "srcdoc"),
 ])
 def test_anything_else_that_loads_elsewhere_or_runs_inline_stops_the_run(snippet, words):
     with pytest.raises(AnsibleFilterError) as error:

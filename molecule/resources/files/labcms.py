@@ -1,15 +1,17 @@
 #!/usr/bin/python3
 """Test rig: a stand-in for a practice's CMS behind website_privacy's reverse proxy.
 
-It answers what a careless CMS answers: third-party tags written its own way (single quotes,
-upper case), its own weak security headers and version banners, and gzip when the client
-accepts it (nginx's sub_filter cannot rewrite compressed HTML). 127.0.0.1:8080 only."""
+It answers what a careless CMS answers: third-party tags written its own way (single quotes),
+DNS prefetch and preconnect links to third parties, its own weak security headers and version
+banners, a Link header, and gzip when the client accepts it (nginx's sub_filter cannot rewrite compressed HTML). 127.0.0.1:8080 only."""
 
 import gzip
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PAGE = """<!DOCTYPE html>
 <html lang="fr"><head><meta charset="utf-8"><title>Cabinet (CMS)</title>
+<link rel='dns-prefetch' href='//stats.msp-mesure.example'>
+<link rel="preconnect" href="https://www.youtube-nocookie.com">
 <script src="https://stats.msp-mesure.example/matomo.js" async></script>
 </head><body><h1>Cabinet dentaire (CMS)</h1>
 <p>Une page produite par le CMS du cabinet.</p>
@@ -34,6 +36,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Security-Policy", "default-src * 'unsafe-inline' 'unsafe-eval'")
         self.send_header("X-Powered-By", "PHP/5.6.40")
         self.send_header("X-Frame-Options", "ALLOWALL")
+        self.send_header("Link", "<https://www.youtube-nocookie.com>; rel=preconnect")
         if "gzip" in (self.headers.get("Accept-Encoding") or ""):
             body = gzip.compress(body)
             self.send_header("Content-Encoding", "gzip")

@@ -147,7 +147,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(400)
             return
         origin = self.headers.get("Origin")
-        if origin is not None and origin.lower() != f"https://{server_name}":
+        # The site's own page, on whatever port the visitor reached it (the demo publishes 8443).
+        if origin is not None and not re.fullmatch(rf"https://{re.escape(server_name)}(:\d{{1,5}})?", origin.lower()):
             print("refused: cross-site post", flush=True)
             self.reply(403, site, "Demande refusée", "<p>La demande doit être envoyée depuis le formulaire de ce site.</p>")
             return
