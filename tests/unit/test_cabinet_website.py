@@ -274,3 +274,30 @@ def test_a_provided_certificate_must_fit_its_key_and_names(tmp_path):
 ])
 def test_text_fields_are_single_lines_and_links_are_https(tmp_path, change, words):
     assert words in " ".join(_problems(_site(tmp_path, **change)))
+
+
+# ----------------------------------------------------------------------------- the watcher's command
+def test_the_watcher_refuses_other_arguments(capsys):
+    assert CERTS.main([]) == 2 and CERTS.main(["check", "--config=/tmp/x"]) == 2 and CERTS.main(["purge"]) == 2
+
+
+def test_the_watcher_alerts_each_problem_and_exits_1(monkeypatch, tmp_path):
+    config = tmp_path / "certs.json"
+    config.write_text('{"warning_days": 21, "certificates": [{"site": "s", "server_name": "www.x.fr", '
+                      f'"path": "{tmp_path / "absent.pem"}"}}, {{"site": "t", "server_name": "www.y.fr", '
+                      f'"path": "{ROOT / "molecule/website_privacy/files/sobre.crt"}"}}]}}')
+    monkeypatch.setattr(CERTS, "CONFIG", str(config))
+    raised = []
+    monkeypatch.setattr(CERTS, "alert", lambda practice, severity, title, details, **kw: raised.append((severity, title)))
+    assert CERTS.main(["check"]) == 1
+    assert raised == [("critical", "Certificate of www.x.fr missing or unreadable")]
+
+
+def test_a_failed_renewal_alerts_with_the_end_of_certbots_journal(monkeypatch):
+    raised = []
+    monkeypatch.setattr(CERTS, "alert", lambda practice, severity, title, details, **kw: raised.append((title, details)))
+    monkeypatch.setattr(CERTS.subprocess, "run", lambda argv, **kw: type("R", (), {
+        "stdout": "\n".join(f"line {i}" for i in range(100)), "returncode": 0})())
+    assert CERTS.main(["renewal-failed"]) == 0
+    title, details = raised[0]
+    assert title == "Website certificate renewal failed" and "line 99" in details and "line 10\n" not in details
