@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from functools import lru_cache
@@ -573,3 +575,82 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         bad = counts["failed"] + counts["error"]
         verdict = "DRIFT: " + ", ".join(failures[(practice, target)]) if bad else "ok"
         write(f"{practice:<18}{target:<28}{counts['passed']:>8}{bad:>8}{counts['skipped']:>6}  {verdict}")
+
+
+# ----------------------------------------------------------------------------- the MSP admin's way in
+def run_playbook(playbook: str, lab, request, *extra: str, login: list[str] | None = None,
+                 own_strategy: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+    """ansible-playbook playbooks/<playbook> on this lab host: as root over the inventory's
+    connection, or with ``login`` (the ``admin_login`` fixture) the way the MSP's admin
+    connects: over SSH with its key, then become through sudo. ``own_strategy``: Ansible's own
+    strategy (a new sudo for every task), whatever the caller uses."""
+    inventory = request.config.getoption("ansible_inventory")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # one line a message, for the assertions
+    if own_strategy:
+        env.pop("ANSIBLE_STRATEGY", None)
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-v", "-i", inventory, "--limit", lab.inventory_name,
+            str(ROOT / "playbooks" / playbook), *extra, *(login or [])]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def lab_admin(lab, inventory, request):
+    """The lab's stand-in for the MSP's admin (msp-admin): SSH key, sudo without a password."""
+    name = inventory.vars(lab.inventory_name).get("lab_admin_account")
+    if not name:
+        # A lab precondition, not a host the check does not apply to: a lab run fails.
+        message = ("this lab has no account standing for the MSP's admin: set lab_admin_account in the "
+                   "scenario (molecule/resources/prepare.yml then creates the account)")
+        if request.config.getoption("lab_run", default=False):
+            pytest.fail(message)
+        pytest.skip(message)
+    assert lab.user(name).exists, f"{name}: the lab's prepare did not create it"
+    return name
+
+
+@pytest.fixture(scope="module")
+def admin_login(lab, lab_admin, tmp_path_factory):
+    """Extra variables that make a run connect as the lab's admin, the way the MSP's admin
+    does: SSH to the host's address with the admin's key (which the lab's prepare left in
+    /root/lab-admin-key), the host's own key checked against its public key, then sudo.
+
+    The connection is shared between the tasks of a run, as ansible.cfg has it for the MSP's
+    runs (ControlPersist); with Ansible's own strategy (``own_strategy``) every task still runs
+    its own sudo through the PAM stacks the run is changing. (Before session 6 these runs went
+    through ``podman exec --user``: 2 s a task instead of 1, and sshd's stacks never in the path.)"""
+    folder = tmp_path_factory.mktemp("admin-login")
+    key = folder / "key"
+    address = lab.check_output("hostname -I").split()[0]
+    host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+    known = folder / "known_hosts"
+    known.write_text(f"{address} {host_key[0]} {host_key[1]}\n", encoding="utf-8")
+    options = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={folder}/cp-%C",
+               "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes"]
+    login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
+                               "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
+    try:
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(lab.check_output("cat /root/lab-admin-key") + "\n")
+        probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
+                                "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
+        assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
+        yield login
+    finally:
+        subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
+                       check=False)
+        key.unlink(missing_ok=True)  # the lab admin's private key leaves the controller with the module
+
+
+def admin_gets_in(lab, admin: str) -> list[str]:
+    """A new SSH session with the admin's key, and sudo -n in it; and su -l."""
+    problems = []
+    ssh = lab.run(f"ssh -i /root/lab-admin-key -o BatchMode=yes -o StrictHostKeyChecking=no "
+                  f"-o UserKnownHostsFile=/dev/null {admin}@localhost sudo -n true")
+    if ssh.rc != 0:
+        problems.append(f"ssh + sudo -n: {ssh.stderr.strip()}")
+    su = lab.run(f"su -l {admin} -c 'sudo -n true'")
+    if su.rc != 0:
+        problems.append(f"su -l + sudo -n: {su.stderr.strip()}")
+    return problems

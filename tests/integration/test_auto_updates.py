@@ -103,6 +103,18 @@ def test_blacklist_and_behaviour(host, expect):
     assert apt_value(host, "Unattended-Upgrade::Automatic-Reboot") == "false"
 
 
+def test_edited_conffiles_do_not_hold_back_upgrades(host):
+    """The toolkit edits conffiles (pwquality.conf, faillock.conf, ...). unattended-upgrades
+    skips a package whose edited conffile changed unless dpkg is told what to do with it: its
+    own test for that (dpkg_conffile_prompt) must say no prompt can come."""
+    asks = host.run("python3 -c \"import apt_pkg, importlib.machinery, importlib.util; "
+                    "loader = importlib.machinery.SourceFileLoader('uu', '/usr/bin/unattended-upgrade'); "
+                    "spec = importlib.util.spec_from_loader('uu', loader); uu = importlib.util.module_from_spec(spec); "
+                    "loader.exec_module(uu); apt_pkg.init_config(); print(uu.dpkg_conffile_prompt())\"")
+    assert asks.rc == 0, asks.stderr
+    assert asks.stdout.strip() == "False", asks.stdout
+
+
 def test_downloads_and_upgrades_run_at_night(host, expect):
     for unit, time_var in (("apt-daily.timer", "auto_updates_download_time"),
                            ("apt-daily-upgrade.timer", "auto_updates_upgrade_time")):

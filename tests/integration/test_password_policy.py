@@ -7,7 +7,6 @@ PAM itself: chpasswd for the password stack, pamtester for authentication.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 import subprocess
@@ -15,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import not_applicable
+from conftest import admin_gets_in, not_applicable, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "filter_plugins"))
@@ -73,6 +72,26 @@ def test_quality_rules_match_the_inventory(host, expect):
     assert ("enforce_for_root" in settings) == expect("password_policy_enforce_for_root")
 
 
+def test_rules_live_in_debians_own_files(host, expect):
+    """Where pam_pwquality, faillock(8), an administrator and the ANSSI BP-028 scanners
+    (OpenSCAP reads only pwquality.conf and faillock.conf, and a stack without conf=) look;
+    the files of earlier versions are gone, so nothing overrides them unseen."""
+    main = host.file("/etc/security/pwquality.conf").content_string
+    assert f"minlen = {expect('password_policy_min_length')}" in main.splitlines()
+    for legacy in ("/etc/security/pwquality.conf.d/cabinet.conf", "/etc/security/cabinet-faillock.conf"):
+        assert not host.file(legacy).exists, legacy
+    auth = host.file("/etc/pam.d/common-auth").content_string
+    assert "conf=" not in auth
+    if expect("password_policy_faillock_enabled"):
+        # The layout the scanner and pam_faillock(8) describe: the lock is checked by a
+        # required preauth, so a locked account is refused even with the right password.
+        assert any(line.split()[:4] == ["auth", "required", "pam_faillock.so", "preauth"] for line in auth.splitlines())
+        assert f"deny = {expect('password_policy_faillock_deny')}" in host.file("/etc/security/faillock.conf").content_string
+    if expect("password_policy_min_classes") == 4:
+        settings = pwquality(host)
+        assert all(settings.get(c) == "-1" for c in ("dcredit", "ucredit", "lcredit", "ocredit")), settings
+
+
 def test_policy_reaches_the_entropy_threshold(host, expect):
     settings = pwquality(host)
     bits = policy_entropy(int(settings["minlen"]), int(settings["minclass"]))
@@ -100,7 +119,7 @@ def test_stacks_hold_the_modules(host, expect):
 def test_lockout_rules(host, expect):
     if not expect("password_policy_faillock_enabled"):
         not_applicable("lockout disabled in this inventory")
-    conf = host.file("/etc/security/cabinet-faillock.conf").content_string
+    conf = host.file("/etc/security/faillock.conf").content_string
     assert f"deny = {expect('password_policy_faillock_deny')}" in conf
     assert f"unlock_time = {expect('password_policy_faillock_unlock_time')}" in conf
     assert f"fail_interval = {expect('password_policy_faillock_fail_interval')}" in conf
@@ -213,9 +232,7 @@ PAM_STATE = ("seen", "auth", "account", "password", "session", "session-noninter
 
 def converge(lab, request, *extra: str, login: list[str] | None = None,
              own_strategy: bool = False) -> subprocess.CompletedProcess:
-    """ansible-playbook playbooks/password_policy.yml on this lab host: as root over the
-    inventory's connection, or with ``login`` (the ``admin_login`` fixture) the way the MSP's
-    admin connects: over SSH with its key, then become through sudo.
+    """playbooks/password_policy.yml on this lab host (conftest.run_playbook).
 
     own_strategy: Ansible's own strategy, whatever the caller uses. A new sudo for every task
     is the case a PAM change can break, and mitogen's one privileged session would hide it, so
@@ -223,14 +240,7 @@ def converge(lab, request, *extra: str, login: list[str] | None = None,
     tasks, as in the MSP's runs; ``admin_gets_in`` opens a new SSH login after every change.)
     The other runs (as root, or only validating) keep the caller's strategy,
     which decides nothing they test."""
-    inventory = request.config.getoption("ansible_inventory")
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # one line a message, for the assertions
-    if own_strategy:
-        env.pop("ANSIBLE_STRATEGY", None)
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-v", "-i", inventory, "--limit", lab.inventory_name,
-            str(ROOT / "playbooks" / "password_policy.yml"), *extra, *(login or [])]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return run_playbook("password_policy.yml", lab, request, *extra, login=login, own_strategy=own_strategy)
 
 
 def recap_changed(run: subprocess.CompletedProcess, name: str) -> int:
@@ -299,68 +309,6 @@ def assert_pam_auth_update_consistent(lab, stale: str) -> None:
         assert "pam_env.so" in lab.file("/etc/pam.d/common-session").content_string
     finally:
         remove_profiles(lab, "lab-later")
-
-
-@pytest.fixture(scope="module")
-def lab_admin(lab, inventory, request):
-    """The lab's stand-in for the MSP's admin (msp-admin): SSH key, sudo without a password."""
-    name = inventory.vars(lab.inventory_name).get("lab_admin_account")
-    if not name:
-        # A lab precondition, not a host the check does not apply to: a lab run fails.
-        message = ("this lab has no account standing for the MSP's admin: set lab_admin_account in the "
-                   "scenario and create the account in its prepare (molecule/password_policy/prepare.yml)")
-        if request.config.getoption("lab_run", default=False):
-            pytest.fail(message)
-        pytest.skip(message)
-    assert lab.user(name).exists, f"{name}: the lab's prepare did not create it"
-    return name
-
-
-@pytest.fixture(scope="module")
-def admin_login(lab, lab_admin, tmp_path_factory):
-    """Extra variables that make a run connect as the lab's admin, the way the MSP's admin
-    does: SSH to the host's address with the admin's key (which the lab's prepare left in
-    /root/lab-admin-key), the host's own key checked against its public key, then sudo.
-
-    The connection is shared between the tasks of a run, as ansible.cfg has it for the MSP's
-    runs (ControlPersist); with Ansible's own strategy (``own_strategy``) every task still runs
-    its own sudo through the PAM stacks the run is changing. (Before session 6 these runs went
-    through ``podman exec --user``: 2 s a task instead of 1, and sshd's stacks never in the path.)"""
-    folder = tmp_path_factory.mktemp("admin-login")
-    key = folder / "key"
-    address = lab.check_output("hostname -I").split()[0]
-    host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
-    known = folder / "known_hosts"
-    known.write_text(f"{address} {host_key[0]} {host_key[1]}\n", encoding="utf-8")
-    options = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={folder}/cp-%C",
-               "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes"]
-    login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
-                               "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
-    try:
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(lab.check_output("cat /root/lab-admin-key") + "\n")
-        probe = subprocess.run(["ssh", "-i", str(key), *options, "-o", "BatchMode=yes", f"{lab_admin}@{address}",
-                                "sudo", "-n", "true"], capture_output=True, text=True, timeout=60, check=False)
-        assert probe.returncode == 0, f"the controller cannot log in as {lab_admin} at {address}: {probe.stderr}"
-        yield login
-    finally:
-        subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
-                       check=False)
-        key.unlink(missing_ok=True)  # the lab admin's private key leaves the controller with the module
-
-
-def admin_gets_in(lab, admin: str) -> list[str]:
-    """A new SSH session with the admin's key, and sudo -n in it; and su -l."""
-    problems = []
-    ssh = lab.run(f"ssh -i /root/lab-admin-key -o BatchMode=yes -o StrictHostKeyChecking=no "
-                  f"-o UserKnownHostsFile=/dev/null {admin}@localhost sudo -n true")
-    if ssh.rc != 0:
-        problems.append(f"ssh + sudo -n: {ssh.stderr.strip()}")
-    su = lab.run(f"su -l {admin} -c 'sudo -n true'")
-    if su.rc != 0:
-        problems.append(f"su -l + sudo -n: {su.stderr.strip()}")
-    return problems
 
 
 def test_admin_still_gets_in_after_a_pam_change(lab, lab_admin, admin_login, request):

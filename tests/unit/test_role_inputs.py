@@ -58,6 +58,12 @@ WEB = {**ALERTING,
        "website_privacy_rights_recipient": "secretariat@cabinet-tilleuls.fr",
        "website_privacy_acme_email": "webmaster@msp.example"}
 GOOD["website_privacy"] = WEB
+# system_baseline depends on alerting. The harness runs on the controller: its groups, its
+# ssh -Q and its resolver stand for the host's.
+GOOD["system_baseline"] = {**ALERTING, "system_baseline_firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
+                           "system_baseline_firewall_extra_rules": [
+                               {"name": "pacs", "port": 104, "proto": "tcp", "from": ["192.0.2.50"],
+                                "description": "the imaging device's DICOM sends"}]}
 
 
 def _web(**site: object) -> dict:
@@ -239,6 +245,43 @@ CASES = [
     ("website_privacy", {"website_privacy_acme_email": "webmaster"}, "website_privacy_acme_email", "expected one address"),
     ("website_privacy", {"website_privacy_consent_days": 395}, "website_privacy_consent_days", "1 to 183"),
     ("website_privacy", {"website_privacy_form_enabled": "oui"}, "website_privacy_form_enabled", "true or false"),
+    # system_baseline: the cases (a group that does not exist, a bad port, an algorithm
+    # the release does not know), then more.
+    ("system_baseline", {"system_baseline_ssh_allow_groups": ["lab-no-such-group"]}, "system_baseline_ssh_allow_groups",
+     "does not exist"),
+    ("system_baseline", {"system_baseline_ssh_allow_groups": []}, "system_baseline_ssh_allow_groups", "non-empty list"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": 70000, "from": "any"}]},
+     "system_baseline_firewall_extra_rules", "port expected as a number from 1 to 65535"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": "104;drop", "from": "any"}]},
+     "system_baseline_firewall_extra_rules", "port expected as a number from 1 to 65535"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": 104, "proto": "icmp", "from": "any"}]},
+     "system_baseline_firewall_extra_rules", "proto expected as tcp or udp"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": 104, "from": ["10.0.0.0/33"]}]},
+     "system_baseline_firewall_extra_rules", "neither 'any', an address, a network"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": 104}]},
+     "system_baseline_firewall_extra_rules", "from expected as 'any'"),
+    ("system_baseline", {"system_baseline_firewall_ssh_sources": ["192.0.2.0/24; accept"]}, "system_baseline_firewall_ssh_sources",
+     "neither 'any', an address, a network"),
+    ("system_baseline", {"system_baseline_ssh_kex_algorithms": ["curve25519-sha256", "lab-unknown-kex@example.org"]},
+     "system_baseline_ssh_kex_algorithms", "does not know lab-unknown-kex@example.org"),
+    ("system_baseline", {"system_baseline_ssh_ciphers": ["aes128-cbc-nonexistent"]}, "system_baseline_ssh_ciphers", "does not know"),
+    ("system_baseline", {"system_baseline_ssh_extra_settings": {"PermitRootLogin": "yes"}}, "system_baseline_ssh_extra_settings",
+     "set by the role itself"),
+    ("system_baseline", {"system_baseline_ssh_extra_settings": {"Match": "User x"}}, "system_baseline_ssh_extra_settings",
+     "set by the role itself"),
+    ("system_baseline", {"system_baseline_ssh_extra_settings": {"AllowUsers": "a\nPermitRootLogin yes"}},
+     "system_baseline_ssh_extra_settings", "one-line values"),
+    ("system_baseline", {"system_baseline_ssh_port": 0}, "system_baseline_ssh_port", "1 to 65535"),
+    ("system_baseline", {"system_baseline_ssh_max_auth_tries": 10}, "system_baseline_ssh_max_auth_tries", "1 to 6"),
+    ("system_baseline", {"system_baseline_journald_max_use": "lots"}, "system_baseline_journald_max_use", "500M or 2G"),
+    ("system_baseline", {"system_baseline_umask": "022"}, "system_baseline_umask", "027 or 077"),
+    ("system_baseline", {"system_baseline_root_max_days": 9999}, "system_baseline_root_max_days", "30 to 365"),
+    ("system_baseline", {"system_baseline_sudo_logfile": "/tmp/sudo.log"}, "system_baseline_sudo_logfile", "under /var/log"),
+    ("system_baseline", {"system_baseline_sudo_logfile": "/var/log/../../etc/shadow"}, "system_baseline_sudo_logfile",
+     "under /var/log"),
+    ("system_baseline", {"system_baseline_su_group": "wheel users"}, "system_baseline_su_group", "a group name"),
+    ("system_baseline", {"system_baseline_firewall_enabled": "oui"}, "system_baseline_firewall_enabled", "true or false"),
+    ("system_baseline", {"system_baseline_ssh_revert_seconds": 5}, "system_baseline_ssh_revert_seconds", "30 to 3600"),
     # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
     ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
      "antivirus_min_memory_mb", "MB of RAM, below"),

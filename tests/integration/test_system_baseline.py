@@ -1,0 +1,619 @@
+"""System baseline: the ANSSI BP-028 base under every practice.
+
+Audit checks read what sshd, nftables, journald, the kernel, sudo and the shells really use
+(``sshd -T``, ``nft list``, ``systemd-analyze cat-config``, ``modprobe -n``...). Kernel settings,
+modules and the packet filter belong to the host's kernel: in a container they are reported as
+not applicable there (never as passed), except the firewall when the container may filter its
+own traffic (CAP_NET_ADMIN, as in the lab). Lab checks (cabinet_lab: true) log in over SSH with
+a real client, probe ports from other machines, inject faults and run the ANSSI scanner.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+from conftest import admin_gets_in, connect, not_applicable, run_playbook
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = "system_baseline"
+AUDITED_GROUP = "cabinet_managed"
+CONTAINER_TYPES = ("container", "docker", "podman", "lxc", "systemd-nspawn", "containerd")
+TABLE = "cabinet_filter"
+DROPIN = "/etc/ssh/sshd_config.d/00-cabinet-baseline.conf"
+TAILORING = ROOT / "tests" / "integration" / "files" / "anssi-bp28-tailoring.xml"
+SSG_VERSION = "0.1.76-1"
+
+
+def in_container(host) -> bool:
+    return host.run("systemd-detect-virt --container").rc == 0
+
+
+def kernel_not_applicable(host) -> None:
+    if in_container(host):
+        not_applicable("a container: the kernel, its settings and modules are the host's")
+
+
+def has_sshd(host) -> bool:
+    return host.package("openssh-server").is_installed
+
+
+def sshd_settings(host) -> dict[str, str]:
+    """sshd's effective settings (`sshd -T`), keyword (lower case) to value."""
+    out = host.check_output("sshd -T -C user=nobody,host=localhost,addr=127.0.0.1")
+    settings: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        # keywords that add up (port, allowgroups...) come one value a line
+        settings[key] = f"{settings[key]} {value}" if key in settings else value
+    return settings
+
+
+def firewall_usable(host) -> bool:
+    return host.run("nft list tables").rc == 0
+
+
+def expected_algorithms(host, expect, kind: str) -> list[str]:
+    wanted = expect({"kex": "system_baseline_ssh_kex_algorithms", "ciphers": "system_baseline_ssh_ciphers",
+                     "macs": "system_baseline_ssh_macs"}[kind])
+    if wanted:
+        return wanted
+    release = host.system_info.release.split(".")[0]
+    import yaml  # noqa: PLC0415 - only here
+    strong = yaml.safe_load((ROOT / "roles" / ROLE / "vars" / "main.yml").read_text())["__system_baseline_ssh_strong"]
+    return strong[release][kind]
+
+
+# ----------------------------------------------------------------------------- audit: SSH
+def test_sshd_accepts_its_configuration(host):
+    if not has_sshd(host):
+        not_applicable("no OpenSSH server on this host")
+    result = host.run("sshd -t")
+    assert result.rc == 0, result.stderr
+
+
+def test_sshd_keys_only_no_root_admin_groups(host, expect):
+    if not has_sshd(host):
+        not_applicable("no OpenSSH server on this host")
+    s = sshd_settings(host)
+    assert s["permitrootlogin"] == "no"
+    assert s["passwordauthentication"] == "no"
+    assert s["kbdinteractiveauthentication"] == "no"
+    assert s["pubkeyauthentication"] == "yes"
+    assert s["permitemptypasswords"] == "no"
+    assert s["authenticationmethods"] == "publickey"
+    assert s["allowgroups"].split() == expect("system_baseline_ssh_allow_groups")
+
+
+def test_sshd_strong_algorithms_only(host, expect):
+    if not has_sshd(host):
+        not_applicable("no OpenSSH server on this host")
+    s = sshd_settings(host)
+    assert s["kexalgorithms"].split(",") == expected_algorithms(host, expect, "kex")
+    assert s["ciphers"].split(",") == expected_algorithms(host, expect, "ciphers")
+    assert s["macs"].split(",") == expected_algorithms(host, expect, "macs")
+    for weak in ("diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1", "3des-cbc", "aes128-cbc", "hmac-sha1",
+                 "hmac-md5", "umac-64@openssh.com"):
+        assert weak not in s["kexalgorithms"] + s["ciphers"] + s["macs"], weak
+
+
+def test_sshd_limits_idle_and_forwarding(host, expect):
+    if not has_sshd(host):
+        not_applicable("no OpenSSH server on this host")
+    s = sshd_settings(host)
+    assert int(s["logingracetime"]) == expect("system_baseline_ssh_login_grace_time")
+    assert int(s["maxauthtries"]) == expect("system_baseline_ssh_max_auth_tries")
+    assert int(s["clientaliveinterval"]) == expect("system_baseline_ssh_client_alive_interval")
+    assert int(s["clientalivecountmax"]) == expect("system_baseline_ssh_client_alive_count_max")
+    assert s["allowtcpforwarding"] == ("yes" if expect("system_baseline_ssh_allow_tcp_forwarding") else "no")
+    assert s["allowagentforwarding"] == ("yes" if expect("system_baseline_ssh_allow_agent_forwarding") else "no")
+    assert s["x11forwarding"] == ("yes" if expect("system_baseline_ssh_x11_forwarding") else "no")
+    assert s["permittunnel"] == "no"
+    assert s["banner"] == "/etc/issue.net"
+    assert host.file("/etc/issue.net").content_string.strip() == expect("system_baseline_ssh_banner").strip()
+    if host.system_info.release.split(".")[0] >= "13":
+        assert s["persourcepenalties"] != "no"
+
+
+def test_no_rollback_pending_and_the_settings_in_force_were_proven(host):
+    """A revert timer still armed means a run lost its way in and is about to roll back; a
+    file of the baseline that differs from the last one a run proved (an interrupted run, or
+    an edit by hand) has never been through the anti-lockout proof."""
+    timers = host.run("systemctl list-units --all --plain --no-legend 'cabinet-baseline-revert-*'").stdout
+    assert not [l for l in timers.splitlines() if " active " in f" {l} "], timers
+    for part, path in (("ssh", DROPIN), ("firewall", "/etc/nftables.conf"),
+                       ("kernel", "/etc/sysctl.d/90-cabinet-baseline.conf")):
+        proven = host.file(f"/var/lib/cabinet-baseline/{part}.proven")
+        if not proven.exists:
+            continue  # this part is not applied here (no sshd, no firewall, a container's kernel)
+        assert proven.content_string.strip() == host.file(path).sha256sum, f"{path} is not the file a run proved"
+
+
+# ----------------------------------------------------------------------------- audit: firewall
+def accept_rules(text: str) -> set[tuple[str, frozenset[str], str, int]]:
+    """The port rules of a ruleset (file or `nft list`), as (family, sources, proto, port):
+    nft lists a one-element set without braces and an address without /32."""
+    rules = set()
+    for m in re.finditer(r"^\s*(?:(ip6?) saddr (\{[^}]*\}|\S+) )?(tcp|udp) dport (\d+) accept\s*$", text, re.M):
+        sources = frozenset(re.sub(r"/(32|128)$", "", s.strip()) for s in (m[2] or "").strip("{} ").split(",") if s.strip())
+        rules.add((m[1] or "any", sources, m[3], int(m[4])))
+    return rules
+
+
+
+def test_firewall_denies_inbound_by_default(host, expect):
+    if not expect("system_baseline_firewall_enabled"):
+        not_applicable("firewall disabled in this inventory")
+    if not firewall_usable(host):
+        not_applicable("this host may not manage its packet filter (a container without CAP_NET_ADMIN)")
+    table = host.run(f"nft list table inet {TABLE}")
+    assert table.rc == 0, "the baseline's table is not loaded"
+    assert re.search(r"type filter hook input priority filter; policy drop;", table.stdout)
+    assert re.search(r"type filter hook forward priority filter; policy drop;", table.stdout)
+    assert "ct state established,related accept" in table.stdout
+    assert 'log prefix "cabinet-firewall drop: "' in table.stdout
+    assert host.service("nftables").is_enabled
+    # What is loaded is what the file says (a reboot loads the file): the same accept rules.
+    conf = host.file("/etc/nftables.conf").content_string
+    assert accept_rules(conf) and accept_rules(conf) == accept_rules(table.stdout), (conf, table.stdout)
+    ssh_port = expect("system_baseline_ssh_port")
+    assert re.search(rf"tcp dport {ssh_port} accept", table.stdout), "no SSH rule"
+
+
+# ----------------------------------------------------------------------------- audit: journal
+def test_journal_is_persistent_and_bounded(host, expect):
+    if not expect("system_baseline_logging_enabled"):
+        not_applicable("logging disabled in this inventory")
+    config = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+    values = dict(line.split("=", 1) for line in config.splitlines() if "=" in line and not line.startswith("#"))
+    assert values.get("Storage") == "persistent"
+    assert values.get("SystemMaxUse") == expect("system_baseline_journald_max_use")
+    assert values.get("MaxRetentionSec") == f"{expect('system_baseline_journald_max_retention_days')}day"
+    machine = host.file("/etc/machine-id").content_string.strip()
+    assert host.file(f"/var/log/journal/{machine}").is_directory, "journald does not write to /var/log/journal"
+
+
+# ----------------------------------------------------------------------------- audit: kernel
+def test_kernel_settings_file(host, expect):
+    import yaml  # noqa: PLC0415
+    if not expect("system_baseline_kernel_enabled"):
+        not_applicable("kernel part disabled in this inventory")
+    vars_ = yaml.safe_load((ROOT / "roles" / ROLE / "vars" / "main.yml").read_text())
+    wanted = dict(vars_["__system_baseline_sysctls"])
+    if not expect("system_baseline_kernel_ipv6_router_advertisements"):
+        wanted.update(vars_["__system_baseline_sysctls_no_ra"])
+    text = host.file("/etc/sysctl.d/90-cabinet-baseline.conf").content_string
+    found = dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+    assert found == {k: str(v) for k, v in wanted.items()}
+
+
+def test_kernel_settings_in_force(host):
+    kernel_not_applicable(host)
+    text = host.file("/etc/sysctl.d/90-cabinet-baseline.conf").content_string
+    for line in text.splitlines():
+        if " = " in line and not line.startswith("#"):
+            name, value = line.split(" = ", 1)
+            live = host.run(f"sysctl -n {name}")
+            if live.rc != 0:
+                continue  # a setting this kernel does not have (a module not loaded)
+            assert live.stdout.split() == value.split(), f"{name} is {live.stdout.strip()}, not {value}"
+
+
+def test_unused_modules_refused(host, expect):
+    if not expect("system_baseline_kernel_enabled"):
+        not_applicable("kernel part disabled in this inventory")
+    text = host.file("/etc/modprobe.d/cabinet-baseline.conf").content_string
+    for module in ("cramfs", "hfsplus", "dccp", "sctp"):
+        assert f"install {module} /bin/false" in text
+    assert ("install usb-storage /bin/false" in text) != bool(expect("system_baseline_kernel_allow_usb_storage"))
+    if not in_container(host):
+        assert "install /bin/false" in host.check_output("modprobe -n -v cramfs 2>&1 || true")
+
+
+def test_temporary_folders_mount_options(host):
+    """BP-028 R28: reported, not changed (an installation choice; see the README)."""
+    kernel_not_applicable(host)
+    problems = []
+    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+        mount = host.run(f"findmnt -n -o TARGET,OPTIONS --target {path}").stdout.split()
+        if mount and mount[0] == path:
+            options = mount[1].split(",")
+            problems += [f"{path} lacks {o}" for o in ("nodev", "nosuid") if o not in options]
+    assert not problems, problems
+
+
+# ----------------------------------------------------------------------------- audit: accounts
+def test_umask_and_shell_timeout(host, expect):
+    if not expect("system_baseline_accounts_enabled"):
+        not_applicable("accounts part disabled in this inventory")
+    umask = expect("system_baseline_umask").lstrip("0").rjust(3, "0")
+    assert re.search(rf"^UMASK\s+0?{umask}$", host.file("/etc/login.defs").content_string, re.M)
+    shell = host.run("su -s /bin/bash -l nobody -c 'umask; echo $TMOUT; TMOUT=5 2>&1; echo done'")
+    lines = shell.stdout.split()
+    assert lines[0] == "0" + umask, shell.stdout
+    assert lines[1] == str(expect("system_baseline_shell_timeout")), shell.stdout
+    assert "readonly" in shell.stderr, "TMOUT can be changed by the user"
+
+
+def test_su_restricted_to_its_group(host, expect):
+    if not expect("system_baseline_accounts_enabled"):
+        not_applicable("accounts part disabled in this inventory")
+    su = host.file("/etc/pam.d/su").content_string
+    line = next((l for l in su.splitlines() if re.match(r"^\s*auth\s+required\s+pam_wheel\.so", l)), "")
+    assert f"group={expect('system_baseline_su_group')}" in line.split()
+    assert su.index("pam_rootok.so") < su.index(line)
+
+
+def test_sudo_rules(host, expect):
+    """The Defaults sudo applies to an account (sudo -l -U), as sudo itself resolves them."""
+    if not expect("system_baseline_accounts_enabled"):
+        not_applicable("accounts part disabled in this inventory")
+    listing = host.check_output("sudo -n -l -U root")
+    defaults = listing.split("Matching Defaults entries", 1)[1].split("\n\n", 1)[0]
+    for wanted in ("use_pty", "env_reset", "ignore_dot", "umask=0077", f"logfile={expect('system_baseline_sudo_logfile')}"):
+        assert wanted in defaults, f"{wanted} not in force: {defaults}"
+    sudoers_d = host.file("/etc/sudoers.d")
+    assert sudoers_d.user == "root" and sudoers_d.mode == 0o750
+    assert host.run("visudo -c").rc == 0
+
+
+def test_sudo_commands_run_clean_and_logged(lab, lab_admin, expect):
+    """What sudo does: umask 077 and a clean environment for the command, and a line in the
+    log file. (ignore_dot is checked in the Defaults only: Debian's secure_path already keeps
+    the current folder out of sudo's command search, so no outcome could show it.)"""
+    logfile = expect("system_baseline_sudo_logfile")
+    token = f"lab-sudo-{time.time_ns()}"
+    lab.check_output(f"install -d -m 755 /tmp/lab-dot && printf 'umask\\necho \"env=${{LAB_LEAK-}}\"\\n' > /tmp/lab-dot/{token}.sh")
+    try:
+        out = lab.check_output(f"su -s /bin/sh {lab_admin} -c 'LAB_LEAK=leak sudo -n /bin/sh /tmp/lab-dot/{token}.sh' < /dev/null")
+    finally:
+        lab.run("rm -rf /tmp/lab-dot")
+    assert out.split() == ["0077", "env="], out
+    assert f"/tmp/lab-dot/{token}.sh" in lab.file(logfile).content_string, f"the command is not in {logfile}"
+
+
+def test_root_password_has_a_maximum_age(host, expect):
+    maximum = expect("system_baseline_root_max_days")
+    if not maximum:
+        not_applicable("no maximum for root's password in this inventory")
+    entry = host.check_output("getent shadow root").split(":")
+    last, current = entry[2], entry[4]
+    if not last or (int(time.time()) // 86400) - int(last) >= int(maximum) - 7:
+        pytest.fail(f"root's password is older than {int(maximum) - 7} days (or undated): the role does not age it "
+                    "(that would expire it at once); change it (passwd root), then run again")
+    assert current == str(maximum)
+
+
+def test_no_account_without_a_password(host):
+    shadow = host.check_output("getent shadow")
+    empty = [l.split(":")[0] for l in shadow.splitlines() if l.split(":")[1] == ""]
+    assert not empty, f"accounts with an empty password: {empty}"
+
+
+# ----------------------------------------------------------------------------- lab: SSH with a real client
+@pytest.fixture(scope="module")
+def ssh_target(lab, lab_admin, tmp_path_factory):
+    """The controller's ssh towards the lab host: its address, a known_hosts with its key,
+    and the admin's private key (it leaves the controller with the module)."""
+    folder = tmp_path_factory.mktemp("baseline-ssh")
+    address = lab.check_output("hostname -I").split()[0]
+    host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
+    (folder / "known_hosts").write_text(f"{address} {host_key[0]} {host_key[1]}\n", encoding="utf-8")
+    key = folder / "key"
+    key.write_text(lab.check_output("cat /root/lab-admin-key") + "\n", encoding="utf-8")
+    key.chmod(0o600)
+    yield {"address": address, "known": folder / "known_hosts", "key": key}
+    key.unlink(missing_ok=True)
+
+
+def ssh(target, user: str, *options: str, command: str = "true", key: bool = True) -> subprocess.CompletedProcess:
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={target['known']}", "-o", "ConnectTimeout=10",
+            "-o", "IdentitiesOnly=yes", *(["-i", str(target["key"])] if key else []), *options,
+            f"{user}@{target['address']}", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_admin_logs_in_with_its_key_and_sudo(ssh_target, lab_admin):
+    result = ssh(ssh_target, lab_admin, command="sudo -n true && echo in")
+    assert result.returncode == 0 and result.stdout.strip() == "in", result.stderr
+    assert "réservé aux personnes autorisées" in result.stderr  # the banner
+
+
+def test_passwords_root_and_other_groups_are_refused(lab, ssh_target, lab_admin):
+    offered = ssh(ssh_target, lab_admin, "-v", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password")
+    assert offered.returncode != 0
+    assert "Authentications that can continue: publickey\n" in offered.stderr + "\n", \
+        "the server offers more than public keys"
+    # root and an account outside the admin groups, each with the admin's own (valid) key
+    pub = lab.check_output("cat /root/lab-admin-key.pub")
+    lab.check_output("id lab-outsider >/dev/null 2>&1 || useradd -m -s /bin/bash lab-outsider")
+    for user, home in (("root", "/root"), ("lab-outsider", "/home/lab-outsider")):
+        lab.check_output(f"install -d -m 700 -o {user} {home}/.ssh && printf '%s\\n' {shlex.quote(pub)} > {home}/.ssh/authorized_keys "
+                         f"&& chown {user} {home}/.ssh/authorized_keys && chmod 600 {home}/.ssh/authorized_keys")
+    try:
+        for user in ("root", "lab-outsider"):
+            refused = ssh(ssh_target, user)
+            assert refused.returncode == 255 and "Permission denied" in refused.stderr, (user, refused.stderr)
+    finally:
+        lab.run("rm -f /root/.ssh/authorized_keys; userdel -r lab-outsider")
+
+
+@pytest.mark.parametrize("option", ["KexAlgorithms=diffie-hellman-group14-sha1", "Ciphers=aes128-cbc",
+                                    "MACs=hmac-sha1", "KexAlgorithms=diffie-hellman-group14-sha256"])
+def test_weak_algorithms_are_refused(ssh_target, lab_admin, option):
+    # A MAC is negotiated only with a cipher that has none of its own (not chacha20 or GCM).
+    cipher = ["-o", "Ciphers=aes256-ctr"] if option.startswith("MACs") else []
+    result = ssh(ssh_target, lab_admin, "-o", option, *cipher)
+    assert result.returncode == 255, result.stderr
+    assert "no matching" in result.stderr or "Unable to negotiate" in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------- lab: firewall from other machines
+def probe(source, address: str, port: int) -> bool:
+    """Whether ``source`` opens a TCP connection to address:port within 3 s (a drop times out)."""
+    script = (f"import socket\ns = socket.socket(socket.AF_INET6 if ':' in {address!r} else socket.AF_INET)\n"
+              f"s.settimeout(3)\ntry:\n    s.connect(({address!r}, {port}))\n    print('open')\n"
+              "except OSError as e:\n    print('closed', e)\n")
+    return source.check_output("python3 -c %s", script).startswith("open")
+
+
+@pytest.fixture(scope="module")
+def listeners(lab):
+    """Listeners on a declared port (NUT's 3493), an inventory rule's (9999) and an undeclared one."""
+    ports = (3493, 9999, 8081)
+    for port in ports:
+        lab.run(f"systemctl stop lab-listen-{port} 2>/dev/null; "
+                f"systemd-run --unit=lab-listen-{port} python3 -m http.server --bind :: {port}")
+    for port in ports:
+        for _ in range(30):
+            if lab.socket(f"tcp://:::{port}").is_listening or lab.socket(f"tcp://0.0.0.0:{port}").is_listening:
+                break
+            time.sleep(0.5)
+    yield ports
+    for port in ports:
+        lab.run(f"systemctl stop lab-listen-{port}")
+
+
+def test_declared_ports_answer_only_their_sources(lab, inventory, listeners):
+    if not firewall_usable(lab):
+        not_applicable("this host may not manage its packet filter")
+    address = lab.check_output("hostname -I").split()[0]
+    sink = connect(inventory, inventory.group("lab_mailsink")[0])
+    others = [connect(inventory, n) for n in inventory.group(AUDITED_GROUP) if n != lab.inventory_name]
+    ups_server = lab.inventory_name in inventory.group("ups_server")
+    assert probe(sink, address, 9999), "an inventory rule (labprobe, from the mail sink) does not answer"
+    assert probe(sink, address, 3493) == ups_server, "NUT's port: open to the UPS clients of a UPS server only"
+    assert not probe(sink, address, 8081), "an undeclared port answers"
+    assert not probe(sink, address, 22), "SSH answers a machine outside system_baseline_firewall_ssh_sources"
+    for other in others:
+        assert not probe(other, address, 9999), f"labprobe answers {other.inventory_name}, not a source"
+        assert not probe(other, address, 3493), f"NUT's port answers {other.inventory_name}, not a UPS client"
+    # The local listener itself is fine: the drop is the firewall's.
+    assert probe(lab, "127.0.0.1", 8081)
+
+
+def test_unknown_traffic_is_counted_and_logged(lab, inventory, listeners):
+    if not firewall_usable(lab):
+        not_applicable("this host may not manage its packet filter")
+    address = lab.check_output("hostname -I").split()[0]
+    sink = connect(inventory, inventory.group("lab_mailsink")[0])
+
+    def dropped() -> int:
+        rules = lab.check_output(f"nft list chain inet {TABLE} input")
+        return int(re.search(r"counter packets (\d+) bytes \d+ drop", rules)[1])
+
+    before = dropped()
+    assert not probe(sink, address, 8081)
+    assert dropped() > before, "the drop rule did not see the probe"
+    rule = lab.check_output(f"nft list chain inet {TABLE} input")
+    # nft omits the default burst (5) when it lists the rule
+    assert re.search(r'limit rate \d+/minute (burst 5 packets )?log prefix "cabinet-firewall drop: "', rule), rule
+
+
+# ----------------------------------------------------------------------------- lab: runs as the MSP's admin
+def converge(lab, request, *extra: str, login: list[str] | None = None) -> subprocess.CompletedProcess:
+    return run_playbook("system_baseline.yml", lab, request, *extra, login=login)
+
+
+def files_state(lab) -> dict[str, str]:
+    return {path: lab.run(f"sha256sum {path} 2>/dev/null").stdout.split(" ")[0]
+            for path in (DROPIN, "/etc/nftables.conf", "/etc/sysctl.d/90-cabinet-baseline.conf",
+                         "/etc/sudoers.d/00-cabinet-baseline", "/etc/pam.d/su")}
+
+
+def table_rules(lab) -> str:
+    """Our loaded table without its counters (they move with traffic)."""
+    return re.sub(r"counter packets \d+ bytes \d+ ", "", lab.run(f"nft list table inet {TABLE}").stdout)
+
+
+def test_session_survives_a_ruleset_change(lab, lab_admin, admin_login, request):
+    """The run comes over SSH as the admin, changes the firewall, proves a new session."""
+    extra = json.dumps({"system_baseline_firewall_extra_rules": [
+        {"name": "labprobe", "port": 9999, "proto": "tcp", "from": ["lab_mailsink"]},
+        {"name": "labsecond", "port": 9998, "proto": "tcp", "from": ["lab_mailsink"]}]})
+    try:
+        changed = converge(lab, request, "-e", extra, login=admin_login)
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        assert "tcp dport 9998 accept" in table_rules(lab)
+        assert "Open a new SSH session from the controller and sudo -n true (firewall)" in changed.stdout
+        assert admin_gets_in(lab, lab_admin) == []
+    finally:
+        back = converge(lab, request, login=admin_login)
+        assert back.returncode == 0, back.stdout[-3000:]
+    assert "9998" not in table_rules(lab)
+
+
+def test_a_wrong_ruleset_is_refused_before_loading(lab, mailsink, request):
+    """A ruleset nft -c refuses (injected through the role's internal table name) is never
+    loaded: the table in force and the file stay, and the MSP is alerted."""
+    if not firewall_usable(lab):
+        not_applicable("this host may not manage its packet filter")
+    mail_host = lab.check_output("postconf -h myhostname")
+    before_alerts = len(mailsink.alerts(mail_host, ROLE, "Firewall rolled back"))
+    before, rules = files_state(lab), table_rules(lab)
+    bad = converge(lab, request, "-e", json.dumps({"__system_baseline_nft_table": "cabinet filter",
+                                                   "system_baseline_firewall_log_per_minute": 11}))
+    assert bad.returncode != 0
+    assert "The new firewall of" in bad.stdout and "The previous ruleset is back" in bad.stdout, bad.stdout[-3000:]
+    assert files_state(lab) == before
+    assert table_rules(lab) == rules
+    alert = mailsink.wait_alert(mail_host, ROLE, "Firewall rolled back", before=before_alerts)
+    assert alert["X-Cabinet-Severity"] == "critical"
+
+
+def test_a_setting_sshd_refuses_is_rolled_back(lab, lab_admin, admin_login, mailsink, request):
+    """An sshd keyword sshd -t refuses (system_baseline_ssh_extra_settings): the previous
+    settings come back before any reload, the MSP is alerted, the admin still gets in."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
+    before = lab.file(DROPIN).content_string
+    bad = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"LabBogusKeyword": "yes"}}),
+                   login=admin_login)
+    assert bad.returncode != 0
+    assert "The new SSH settings of" in bad.stdout, bad.stdout[-3000:]
+    assert lab.file(DROPIN).content_string == before
+    assert lab.run("sshd -t").rc == 0
+    mailsink.wait_alert(mail_host, ROLE, "SSH settings rolled back", before=before_alerts)
+    assert admin_gets_in(lab, lab_admin) == []
+
+
+def test_a_lockout_the_checks_cannot_see_is_rolled_back_at_once(lab, lab_admin, admin_login, mailsink, request):
+    """Settings sshd accepts but that refuse the admin (DenyUsers): the new SSH session from
+    the controller fails, and the run, still holding its own connection, rolls back at once."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
+    before = lab.file(DROPIN).content_string
+    locked = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"DenyUsers": lab_admin}}),
+                      login=admin_login)
+    assert locked.returncode != 0, "the run proved a session that DenyUsers refuses"
+    assert f"A new SSH session as {lab_admin} failed" in locked.stdout, locked.stdout[-3000:]
+    assert "The previous settings are back" in locked.stdout, locked.stdout[-3000:]
+    assert lab.file(DROPIN).content_string == before
+    mailsink.wait_alert(mail_host, ROLE, "SSH settings rolled back", before=before_alerts)
+    assert admin_gets_in(lab, lab_admin) == []
+
+
+def without_multiplexing(login: list[str]) -> list[str]:
+    """The admin's login with a new SSH connection for every task (no ControlMaster)."""
+    variables = json.loads(login[1])
+    options = [o for o in shlex.split(variables["ansible_ssh_args"]) if not o.startswith("Control") and o != "-o"]
+    variables["ansible_ssh_args"] = " ".join(["-o ControlMaster=no", "-o ControlPath=none"] + [f"-o {o}" for o in options])
+    return ["-e", json.dumps(variables)]
+
+
+def test_a_run_that_loses_its_host_is_rolled_back_by_the_timer(lab, lab_admin, admin_login, ssh_target, mailsink,
+                                                               request, expect):
+    """The same settings, for a run that opens a new SSH connection for every task (Ansible's
+    own strategy, no multiplexing): once sshd refuses the admin, the run cannot even roll back
+    (the host is unreachable), and the timer armed before the reload puts the settings back."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
+    before = lab.file(DROPIN).content_string
+    started = time.monotonic()
+    # Only the SSH part (and the validation, which always runs): a new connection a task is slow.
+    locked = run_playbook("system_baseline.yml", lab, request, "--tags", "system_baseline_ssh",
+                          "-e", json.dumps({"system_baseline_ssh_extra_settings": {"DenyUsers": lab_admin}}),
+                          login=without_multiplexing(admin_login), own_strategy=True)
+    assert locked.returncode != 0
+    assert "UNREACHABLE" in locked.stdout, locked.stdout[-3000:]
+    assert f"DenyUsers {lab_admin}" in lab.file(DROPIN).content_string, "the settings were rolled back by the run itself"
+    mailsink.wait_alert(mail_host, ROLE, "SSH settings rolled back", before=before_alerts,
+                        timeout=expect("system_baseline_ssh_revert_seconds") + 90)
+    assert time.monotonic() - started >= expect("system_baseline_ssh_revert_seconds") - 5
+    assert lab.file(DROPIN).content_string == before
+    assert lab.run("systemctl is-active cabinet-baseline-revert-ssh.timer").stdout.strip() != "active"
+    assert ssh(ssh_target, lab_admin, command="sudo -n true").returncode == 0
+    assert admin_gets_in(lab, lab_admin) == []
+
+
+# ----------------------------------------------------------------------------- lab: bad input
+@pytest.mark.parametrize("extra, variable", [
+    ({"system_baseline_ssh_allow_groups": ["lab-no-such-group"]}, "system_baseline_ssh_allow_groups"),
+    ({"system_baseline_ssh_allow_groups": ["nogroup"]}, "system_baseline_ssh_allow_groups"),
+    ({"system_baseline_firewall_extra_rules": [{"name": "bad", "port": 70000, "proto": "tcp", "from": "any"}]},
+     "port expected as a number from 1 to 65535"),
+    ({"system_baseline_firewall_extra_rules": [{"name": "bad", "port": 80, "proto": "icmp", "from": "any"}]},
+     "proto expected as tcp or udp"),
+    ({"system_baseline_ssh_kex_algorithms": ["curve25519-sha256", "lab-unknown-kex@example"]},
+     "system_baseline_ssh_kex_algorithms"),
+    ({"system_baseline_ssh_extra_settings": {"PermitRootLogin": "yes"}}, "system_baseline_ssh_extra_settings"),
+    ({"system_baseline_firewall_ssh_sources": ["192.0.2.0/24"]}, "system_baseline_firewall_ssh_sources"),
+])
+def test_bad_input_stops_before_any_change(lab, lab_admin, admin_login, request, extra, variable):
+    """Each stops in validation, naming what was wrong, and nothing changes. The runs come as
+    the admin over SSH, so the account and client checks see a real SSH session."""
+    before, rules = files_state(lab), table_rules(lab)
+    run = converge(lab, request, "-e", json.dumps(extra), login=admin_login)
+    assert run.returncode != 0
+    assert variable in run.stdout and "Nothing was changed" in run.stdout, run.stdout[-3000:]
+    assert files_state(lab) == before
+    assert table_rules(lab) == rules
+
+
+# ----------------------------------------------------------------------------- lab: the ANSSI scanner
+def ssg_content() -> Path:
+    import os  # noqa: PLC0415
+    cache = Path(os.environ.get("CABINET_CACHE_DIR") or Path.home() / ".cache" / "cabinet-hardening")
+    ds = cache / "anssi" / f"ssg-debian12-ds-{SSG_VERSION}.xml"
+    assert ds.is_file(), f"{ds} is missing: run `make setup` (scripts/setup-host.sh fetches it)"
+    return ds
+
+
+def oscap(lab, profile: str, tailoring: bool) -> dict[str, list[str]]:
+    """Rule ids by result for one profile, evaluated on the lab host, read from the XCCDF
+    results file (oscap's terminal output is meant for people)."""
+    args = "--tailoring-file /root/anssi-tailoring.xml " if tailoring else ""
+    name = f"xccdf_cabinet-hardening_profile_{profile}" if tailoring else f"xccdf_org.ssgproject.content_profile_{profile}"
+    run = lab.run(f"oscap xccdf eval {args}--profile {name} --results /root/oscap-results.xml /root/ssg-debian12-ds.xml")
+    # oscap: 0 all pass, 2 some rule failed; anything else is an error of the tool
+    assert run.rc in (0, 2), run.stderr
+    root = ElementTree.fromstring(lab.check_output("cat /root/oscap-results.xml"))
+    results: dict[str, list[str]] = {}
+    for rule in root.iter("{http://checklists.nist.gov/xccdf/1.2}rule-result"):
+        result = rule.find("{http://checklists.nist.gov/xccdf/1.2}result").text
+        if result != "notselected":
+            results.setdefault(result, []).append(rule.get("idref").split("content_rule_", 1)[-1])
+    assert len(results.get("pass", [])) > 20, f"{profile}: the scanner saw almost nothing: {results}"
+    return results
+
+
+@pytest.fixture(scope="module")
+def scanner(lab):
+    if lab.system_info.release.split(".")[0] != "12":
+        not_applicable("ComplianceAsCode's ANSSI content targets Debian 12 (ssg-debian12-ds.xml)")
+    install = lab.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openscap-scanner")
+    assert install.rc == 0, install.stderr
+    for local, remote in ((ssg_content(), "/root/ssg-debian12-ds.xml"), (TAILORING, "/root/anssi-tailoring.xml")):
+        subprocess.run(["podman", "cp", str(local), f"{lab.inventory_name}:{remote}"], check=True, timeout=120)
+    yield lab
+    lab.run("rm -f /root/ssg-debian12-ds.xml /root/anssi-tailoring.xml /root/oscap-results.xml")
+
+
+def tailored_out() -> set[str]:
+    text = TAILORING.read_text(encoding="utf-8")
+    return set(re.findall(r'content_rule_([a-z0-9_]+)" selected="false"', text))
+
+
+@pytest.mark.parametrize("profile", ["anssi_bp28_minimal", "anssi_bp28_intermediary"])
+def test_anssi_profile_passes_with_the_written_tailoring(scanner, profile):
+    """Zero failing rule among those that apply; the counts go to the report."""
+    results = oscap(scanner, profile, tailoring=True)
+    print(f"{profile} (tailored): " + ", ".join(f"{k} {len(v)}" for k, v in sorted(results.items())))
+    assert not results.get("fail"), results.get("fail")
+    assert not results.get("error"), results.get("error")
+
+
+@pytest.mark.parametrize("profile", ["anssi_bp28_minimal", "anssi_bp28_intermediary"])
+def test_stock_profile_fails_only_what_the_tailoring_names(scanner, profile):
+    """The stock profile, untailored: every failure is a rule the tailoring turns off (or the
+    password length it sets to the CNIL's), so the tailoring hides nothing else."""
+    results = oscap(scanner, profile, tailoring=False)
+    print(f"{profile} (stock): " + ", ".join(f"{k} {len(v)}" for k, v in sorted(results.items())))
+    allowed = tailored_out() | {"accounts_password_pam_minlen"}
+    assert set(results.get("fail", [])) <= allowed, set(results.get("fail", [])) - allowed
