@@ -460,7 +460,7 @@ def test_a_wrong_ruleset_is_refused_before_loading(lab, mailsink, request):
     bad = converge(lab, request, "-e", json.dumps({"__system_baseline_nft_table": "cabinet filter",
                                                    "system_baseline_firewall_log_per_minute": 11}))
     assert bad.returncode != 0
-    assert "The new firewall of" in bad.stdout and "The previous ruleset is back" in bad.stdout, bad.stdout[-3000:]
+    assert "The new firewall of" in bad.stdout and "The previous settings are back" in bad.stdout, bad.stdout[-3000:]
     assert files_state(lab) == before
     assert table_rules(lab) == rules
     alert = mailsink.wait_alert(mail_host, ROLE, "Firewall rolled back", before=before_alerts)

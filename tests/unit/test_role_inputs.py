@@ -13,6 +13,7 @@ the first things every role's tasks/main.yml does, and one runs a whole site.yml
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,20 @@ WEB = {**ALERTING,
        "website_privacy_rights_recipient": "secretariat@cabinet-tilleuls.fr",
        "website_privacy_acme_email": "webmaster@msp.example"}
 GOOD["website_privacy"] = WEB
+
+
+def controller_listeners() -> list[str]:
+    """The controller's own listening services ("53/udp"...), which the harness's good case
+    lists as closed on purpose: the harness runs on the controller, whose services vary."""
+    from cabinet_baseline import listeners_not_covered  # noqa: PLC0415
+    out = subprocess.run(["ss", "-H", "-l", "-n", "-t", "-u"], capture_output=True, text=True, check=True).stdout
+    return listeners_not_covered(out.splitlines(), [], [])
+
+
 # system_baseline depends on alerting. The harness runs on the controller: its groups, its
-# ssh -Q and its resolver stand for the host's.
+# ssh -Q, its resolver and its listening services stand for the host's.
 GOOD["system_baseline"] = {**ALERTING, "system_baseline_firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
+                           "system_baseline_firewall_closed_ports": controller_listeners(),
                            "system_baseline_firewall_extra_rules": [
                                {"name": "pacs", "port": 104, "proto": "tcp", "from": ["192.0.2.50"],
                                 "description": "the imaging device's DICOM sends"}]}
@@ -282,6 +294,15 @@ CASES = [
     ("system_baseline", {"system_baseline_su_group": "wheel users"}, "system_baseline_su_group", "a group name"),
     ("system_baseline", {"system_baseline_firewall_enabled": "oui"}, "system_baseline_firewall_enabled", "true or false"),
     ("system_baseline", {"system_baseline_ssh_revert_seconds": 5}, "system_baseline_ssh_revert_seconds", "30 to 3600"),
+    ("system_baseline", {"system_baseline_firewall_ssh_sources": []}, "system_baseline_firewall_ssh_sources", "or [any]"),
+    ("system_baseline", {"system_baseline_firewall_ssh_sources": ["192.0.2.7/24"]}, "system_baseline_firewall_ssh_sources",
+     "host bits set"),
+    ("system_baseline", {"system_baseline_firewall_closed_ports": ["445/smb"]}, "system_baseline_firewall_closed_ports",
+     "3493/tcp, 5353/udp or 8080"),
+    ("system_baseline", {"system_baseline_firewall_closed_ports": [70000]}, "system_baseline_firewall_closed_ports",
+     "3493/tcp, 5353/udp or 8080"),
+    ("system_baseline", {"system_baseline_firewall_extra_rules": [{"name": "pacs", "port": 104, "from": "any", "open_on": "a b"}]},
+     "system_baseline_firewall_extra_rules", "open_on expected"),
     # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
     ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
      "antivirus_min_memory_mb", "MB of RAM, below"),
@@ -360,6 +381,19 @@ def test_good_ups_modes_pass_validation(mode, tmp_path):
     assert done.returncode == 0, output[-3000:]
     assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
     assert recap_changed(output) == 0
+
+
+def test_a_listening_service_nobody_decided_stops_the_baseline(tmp_path):
+    """Default deny would close it: the run stops until the inventory opens or closes it."""
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = run_role("system_baseline", GOOD["system_baseline"], tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert f"{port}/tcp" in output and "system_baseline_firewall_closed_ports" in output, output[-3000:]
+    assert "Nothing was changed" in output and recap_changed(output) == 0
 
 
 @pytest.mark.parametrize("role", sorted(GOOD))
@@ -451,7 +485,7 @@ def test_bad_backup_input_stops_a_whole_run_before_any_change(tmp_path, playbook
     first, alerting's play would report the packages and files it would change (changed > 0)
     before backup's own validation stopped the run.
     """
-    variables = {**GOOD["alerting"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"],
+    variables = {**GOOD["alerting"], **GOOD["system_baseline"], **GOOD["auto_updates"], **GOOD["antivirus"], **GOOD["backup"],
                  "backup_retention_daily": 0}
     done = _site_check_run(tmp_path, variables, inventory_vars, playbook)
     output = done.stdout + done.stderr
