@@ -221,7 +221,7 @@ def listeners_not_covered(ss_lines: Sequence[str], rules: Sequence[Mapping], clo
         if len(fields) < 5 or fields[0] not in ("tcp", "udp"):
             continue
         address, _, port = fields[4].rpartition(":")
-        address = address.strip("[]").split("%", 1)[0]
+        address = address.split("%", 1)[0].strip("[]")  # "[::1]%lo", "0.0.0.0%eth0"
         if address not in ("*", "0.0.0.0", "::"):
             try:
                 if ipaddress.ip_address(address).is_loopback:
@@ -229,9 +229,31 @@ def listeners_not_covered(ss_lines: Sequence[str], rules: Sequence[Mapping], clo
             except ValueError:
                 pass
         key = (fields[0], int(port))
+        # An unconnected UDP socket on a port of the ephemeral range is a client's, or a
+        # service's that picks a new one at each start (rpc.statd): not one to decide about.
+        if fields[0] == "udp" and int(port) >= 32768:
+            continue
         if key not in opened and key not in shut and key not in _CLIENT_PORTS:
             found.add(key)
     return [f"{port}/{proto}" for proto, port in sorted(found, key=lambda k: (k[1], k[0]))]
+
+
+def _without_multiplexing(args: list[str]) -> list[str]:
+    """ssh arguments without -M, -S and -O (a master, a control path, a control command):
+    as options they would override the multiplexing the proof turns off first."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-S", "-O"):
+            skip = True
+            continue
+        if arg == "-M" or arg.startswith(("-S", "-O")) and len(arg) > 2:
+            continue
+        out.append(arg)
+    return out
 
 
 def ssh_proof_argv(connection: Mapping, login: str, command: Sequence[str]) -> list[str]:
@@ -241,6 +263,8 @@ def ssh_proof_argv(connection: Mapping, login: str, command: Sequence[str]) -> l
     value it reads): a ControlMaster left by Ansible's own connection would otherwise carry
     the session, and prove nothing about a new login."""
     import shlex  # noqa: PLC0415
+    if not re.match(r"^[a-z_][a-z0-9_.-]*[$]?$", login):
+        raise AnsibleFilterError(f"ssh_proof_argv: {login!r} is not an account name")
     argv = ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=10"]
     if str(connection.get("host_key_checking", True)).strip().lower() in ("false", "no", "0", "off"):
@@ -251,7 +275,7 @@ def ssh_proof_argv(connection: Mapping, login: str, command: Sequence[str]) -> l
         argv += ["-i", str(connection["private_key_file"]).strip()]
     for key in ("common_args", "ssh_args", "extra_args"):
         if str(connection.get(key) or "").strip() not in ("", "None"):
-            argv += shlex.split(str(connection[key]))
+            argv += _without_multiplexing(shlex.split(str(connection[key])))
     return argv + ["-l", login, "--", str(connection["host"]), *command]
 
 

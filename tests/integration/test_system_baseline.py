@@ -129,10 +129,15 @@ def test_no_rollback_pending_and_the_settings_in_force_were_proven(host):
     assert not [l for l in timers.splitlines() if " active " in f" {l} "], timers
     for part, path in (("ssh", DROPIN), ("firewall", "/etc/nftables.conf"),
                        ("kernel", "/etc/sysctl.d/90-cabinet-baseline.conf")):
+        applied = {"ssh": has_sshd(host), "firewall": firewall_usable(host) and host.file(path).exists,
+                   "kernel": not in_container(host)}[part]
+        if not applied:
+            continue  # no sshd, no packet filter of its own, or a container's kernel: not applied here
         proven = host.file(f"/var/lib/cabinet-baseline/{part}.proven")
-        if not proven.exists:
-            continue  # this part is not applied here (no sshd, no firewall, a container's kernel)
+        assert proven.exists, f"no run ever proved {path}"
         assert proven.content_string.strip() == host.file(path).sha256sum, f"{path} is not the file a run proved"
+        assert host.file(f"/var/lib/cabinet-baseline/{part}.previous").sha256sum == host.file(path).sha256sum, \
+            f"the rollback's copy of {path} is not the proven file"
 
 
 # ----------------------------------------------------------------------------- audit: firewall
@@ -245,7 +250,10 @@ def test_su_restricted_to_its_group(host, expect):
     if not expect("system_baseline_accounts_enabled"):
         not_applicable("accounts part disabled in this inventory")
     su = host.file("/etc/pam.d/su").content_string
-    line = next((l for l in su.splitlines() if re.match(r"^\s*auth\s+required\s+pam_wheel\.so", l)), "")
+    active = [l for l in su.splitlines() if re.match(r"^\s*auth\s+required\s+pam_wheel\.so", l)]
+    assert len(active) == 1, active
+    line = active[0]
+    assert "# auth       required   pam_wheel.so deny group=nosu" in su, "Debian's deny example was rewritten"
     assert f"group={expect('system_baseline_su_group')}" in line.split()
     assert su.index("pam_rootok.so") < su.index(line)
 
@@ -544,8 +552,10 @@ def test_a_run_that_loses_its_host_is_rolled_back_by_the_timer(lab, lab_admin, a
      "system_baseline_ssh_kex_algorithms"),
     ({"system_baseline_ssh_extra_settings": {"PermitRootLogin": "yes"}}, "system_baseline_ssh_extra_settings"),
     ({"system_baseline_firewall_ssh_sources": ["192.0.2.0/24"]}, "system_baseline_firewall_ssh_sources"),
+    # the tests' listener on 8081 (fixture listeners), which the lab's inventory lists as closed
+    ({"system_baseline_firewall_closed_ports": []}, "8081/tcp"),
 ])
-def test_bad_input_stops_before_any_change(lab, lab_admin, admin_login, request, extra, variable):
+def test_bad_input_stops_before_any_change(lab, lab_admin, admin_login, listeners, request, extra, variable):
     """Each stops in validation, naming what was wrong, and nothing changes. The runs come as
     the admin over SSH, so the account and client checks see a real SSH session."""
     before, rules = files_state(lab), table_rules(lab)

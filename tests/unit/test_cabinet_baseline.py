@@ -155,14 +155,19 @@ tcp   LISTEN 0      4096               *:3493             *:*
 udp   UNCONN 0      0      0.0.0.0%eth0:68         0.0.0.0:*
 udp   UNCONN 0      0            0.0.0.0:5353       0.0.0.0:*
 udp   UNCONN 0      0      127.0.0.53%lo:53         0.0.0.0:*
-tcp   LISTEN 0      128             [::]:22            [::]:*""".splitlines()
+tcp   LISTEN 0      128             [::]:22            [::]:*
+udp   UNCONN 0      0          [::1]%lo:53              [::]:*
+udp   UNCONN 0      0            0.0.0.0:41234      0.0.0.0:*
+tcp   LISTEN 0      128             [::]:9090          [::]:*""".splitlines()
 
 
 def test_listeners_that_no_rule_opens_stop_the_run():
     rules = [{"port": 22, "proto": "tcp"}, {"port": 3493, "proto": "tcp"}]
-    assert listeners_not_covered(SS, rules, []) == ["445/tcp", "5353/udp"]
-    assert listeners_not_covered(SS, rules, ["445/tcp", 5353]) == []
-    assert listeners_not_covered(SS, [{"port": 22, "proto": "tcp"}], ["5353/udp", "445"]) == ["3493/tcp"]
+    # [::1]%lo is loopback; 41234/udp is an unconnected socket of the ephemeral range (a client's);
+    # 9090/tcp on every IPv6 address is a service.
+    assert listeners_not_covered(SS, rules, []) == ["445/tcp", "5353/udp", "9090/tcp"]
+    assert listeners_not_covered(SS, rules, ["445/tcp", 5353, "9090/tcp"]) == []
+    assert listeners_not_covered(SS, [{"port": 22, "proto": "tcp"}], ["5353/udp", "445", "9090"]) == ["3493/tcp"]
 
 
 # ----------------------------------------------------------------------------- sshd -T
@@ -183,6 +188,11 @@ def test_the_proof_never_rides_an_existing_connection():
     assert ["-p", "2222"] == argv[argv.index("-p"):argv.index("-p") + 2] and "-i" in argv and "ProxyJump=bastion" in argv
     assert "StrictHostKeyChecking=no" in argv
     assert argv[-7:] == ["-l", "msp-admin", "--", "10.0.0.5", "sudo", "-n", "true"]
+    mux = ssh_proof_argv({"host": "h", "ssh_args": "-M -S /tmp/cp -o IdentitiesOnly=yes -S/tmp/x -O check"}, "a", ["true"])
+    assert "-M" not in mux and "-S" not in mux and "/tmp/cp" not in mux and "-S/tmp/x" not in mux and "-O" not in mux
+    assert "IdentitiesOnly=yes" in mux
+    with pytest.raises(AnsibleFilterError, match="not an account name"):
+        ssh_proof_argv({"host": "h"}, "admin; touch /tmp/x", ["true"])
     plain = ssh_proof_argv({"host": "h", "port": "", "private_key_file": None, "host_key_checking": True}, "a", ["true"])
     assert "-p" not in plain and "-i" not in plain and "StrictHostKeyChecking=no" not in plain
 
