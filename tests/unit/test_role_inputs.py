@@ -68,10 +68,23 @@ def controller_listeners() -> list[str]:
     return listeners_not_covered(out.splitlines(), [], [])
 
 
+def controller_forwards() -> bool:
+    """Whether the controller forwards packets (podman's networks turn it on)."""
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text(encoding="utf-8").strip() == "1"
+
+
+def controller_slaac() -> bool:
+    """Whether the controller takes its IPv6 default route from router advertisements."""
+    out = subprocess.run(["ip", "-6", "route", "show", "default", "proto", "ra"], capture_output=True, text=True, check=False)
+    return bool(out.stdout.strip())
+
+
 # system_baseline depends on alerting. The harness runs on the controller: its groups, its
-# ssh -Q, its resolver and its listening services stand for the host's.
+# ssh -Q, its resolver, its listening services and its network stand for the host's.
 GOOD["system_baseline"] = {**ALERTING, "system_baseline_firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
                            "system_baseline_firewall_closed_ports": controller_listeners(),
+                           "system_baseline_kernel_allow_forwarding": controller_forwards(),
+                           "system_baseline_kernel_ipv6_router_advertisements": controller_slaac(),
                            "system_baseline_firewall_extra_rules": [
                                {"name": "pacs", "port": 104, "proto": "tcp", "from": ["192.0.2.50"],
                                 "description": "the imaging device's DICOM sends"}]}
@@ -379,6 +392,17 @@ def test_good_ups_modes_pass_validation(mode, tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
+    assert recap_changed(output) == 0
+
+
+def test_a_host_that_forwards_packets_stops_the_baseline_until_decided(tmp_path):
+    """net.ipv4.ip_forward = 0 would cut a VPN endpoint or containers off: the inventory decides."""
+    if not controller_forwards():
+        pytest.skip("the controller does not forward packets (no podman network): nothing to stand for such a host")
+    done = run_role("system_baseline", {**GOOD["system_baseline"], "system_baseline_kernel_allow_forwarding": False}, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "forwards packets now" in output and "system_baseline_kernel_allow_forwarding" in output, output[-3000:]
     assert recap_changed(output) == 0
 
 
