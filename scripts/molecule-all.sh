@@ -10,9 +10,10 @@ scenarios=("$@")
 if [ "${#scenarios[@]}" -eq 0 ]; then
   # Longest first, so the two job slots end together (session 7, from a fresh clone, three at
   # a time: backup 1196 s, password_policy 991, ups_monitoring 727, auto_updates 450, antivirus
-  # 298, alerting 105; website_privacy alone 209 s, verify about 100 of them); then any other
-  # scenario in alphabetical order.
-  for s in password_policy backup ups_monitoring auto_updates antivirus website_privacy alerting; do
+  # 298, alerting 105; website_privacy alone 209 s, verify about 100 of them; session 8:
+  # system_baseline alone about 800 s, its verify about 450); then any other scenario in
+  # alphabetical order.
+  for s in system_baseline password_policy backup ups_monitoring auto_updates website_privacy antivirus alerting; do
     [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
   done
   for f in molecule/*/molecule.yml; do

@@ -531,11 +531,15 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
 
 # ----------------------------------------------------------------------------- report
 def pytest_collection_modifyitems(items) -> None:
-    """Remember each test's host, so the summary does not guess it from parameter ids."""
+    """Remember each test's host, so the summary does not guess it from parameter ids; and
+    group each host's tests, so that pytest-xdist (-n N --dist loadgroup, a scenario's
+    CABINET_VERIFY_WORKERS) runs one host's tests in one worker, in order, hosts side by side."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "host" in params:
-            item.user_properties.append(("cabinet_host", params["host"].encode().decode()))
+            host = params["host"].encode().decode()
+            item.user_properties.append(("cabinet_host", host))
+            item.add_marker(pytest.mark.xdist_group(name=host))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
