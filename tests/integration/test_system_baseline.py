@@ -160,7 +160,9 @@ def test_firewall_denies_inbound_by_default(host, expect):
     table = host.run(f"nft list table inet {TABLE}")
     assert table.rc == 0, "the baseline's table is not loaded"
     assert re.search(r"type filter hook input priority filter; policy drop;", table.stdout)
-    assert re.search(r"type filter hook forward priority filter; policy drop;", table.stdout)
+    # No forward chain: forwarding is the kernel's (ip_forward), and a drop there would beat a
+    # container engine's or a VPN's own accepts.
+    assert "hook forward" not in table.stdout
     assert "ct state established,related accept" in table.stdout
     assert 'log prefix "cabinet-firewall drop: "' in table.stdout
     assert host.service("nftables").is_enabled
