@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from functools import lru_cache
@@ -629,7 +631,10 @@ def admin_login(lab, lab_admin, tmp_path_factory):
     host_key = lab.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
     known = folder / "known_hosts"
     known.write_text(f"{address} {host_key[0]} {host_key[1]}\n", encoding="utf-8")
-    options = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={folder}/cp-%C",
+    # The control socket in a short folder of its own: a pytest-xdist worker's tmp path
+    # (.../popen-gw0/...) is longer than a Unix socket's path may be.
+    control = Path(tempfile.mkdtemp(prefix="cab-", dir="/tmp"))
+    options = ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={control}/%C",
                "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=yes"]
     login = ["-e", json.dumps({"ansible_connection": "ssh", "ansible_host": address, "ansible_user": lab_admin,
                                "ansible_ssh_private_key_file": str(key), "ansible_ssh_args": " ".join(options)})]
@@ -645,6 +650,7 @@ def admin_login(lab, lab_admin, tmp_path_factory):
         subprocess.run(["ssh", *options, "-O", "exit", f"{lab_admin}@{address}"], capture_output=True, timeout=60,
                        check=False)
         key.unlink(missing_ok=True)  # the lab admin's private key leaves the controller with the module
+        shutil.rmtree(control, ignore_errors=True)
 
 
 def admin_gets_in(lab, admin: str) -> list[str]:
