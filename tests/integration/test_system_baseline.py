@@ -509,6 +509,28 @@ def test_a_lockout_the_checks_cannot_see_is_rolled_back_at_once(lab, lab_admin, 
     assert admin_gets_in(lab, lab_admin) == []
 
 
+def test_a_rollback_that_ran_out_during_the_proof_is_not_recorded_as_proven(lab, lab_admin, admin_login, mailsink,
+                                                                             request):
+    """The timer runs out while the run is still writing, reloading or proving (here after
+    1 s, through the role's internal value; a slow host does it with the real ones): the
+    rollback puts the previous settings back, and the run must say so and fail, not record the
+    settings as proven while the previous ones are in force (before session 9 it ended ok)."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
+    before = lab.file(DROPIN).content_string
+    proven = lab.check_output("cat /var/lib/cabinet-baseline/ssh.proven")
+    late = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"X11Forwarding": "no"},
+                                                    "__system_baseline_revert_after": 1}), login=admin_login)
+    assert late.returncode != 0, "the run recorded settings as proven after their rollback had run"
+    assert "The rollback timer ran out (1 s)" in late.stdout, late.stdout[-3000:]
+    assert lab.file(DROPIN).content_string == before
+    assert lab.check_output("cat /var/lib/cabinet-baseline/ssh.proven") == proven
+    assert lab.run("test -e /var/lib/cabinet-baseline/ssh.pending").rc != 0
+    assert lab.run("systemctl is-active cabinet-baseline-revert-ssh.timer").stdout.strip() != "active"
+    mailsink.wait_alert(mail_host, ROLE, "SSH settings rolled back", before=before_alerts)
+    assert admin_gets_in(lab, lab_admin) == []
+
+
 def without_multiplexing(login: list[str]) -> list[str]:
     """The admin's login with a new SSH connection for every task (no ControlMaster)."""
     variables = json.loads(login[1])
