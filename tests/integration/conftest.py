@@ -190,7 +190,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if limit:
         wanted = {n for spec in limit for n in inventory.hosts(spec.replace("ansible://", ""))}
         names = [n for n in names if n in wanted]
-    metafunc.parametrize("host", names, ids=names, indirect=True, scope="module")
+    # Each host's tests in one pytest-xdist group (a scenario's CABINET_VERIFY_WORKERS, --dist
+    # loadgroup): one worker runs them, hosts side by side. The mark goes on the parameter, so
+    # it is there when xdist's own collection hook names the groups; added in
+    # pytest_collection_modifyitems it came after that hook, and session 8's parallel run had
+    # one host's tests on two workers at once (their rollback timers met).
+    params = [pytest.param(n, id=n, marks=pytest.mark.xdist_group(name=n)) for n in names]
+    metafunc.parametrize("host", params, indirect=True, scope="module")
 
 
 class RuncPodmanBackend(PodmanBackend):
@@ -533,15 +539,12 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
 
 # ----------------------------------------------------------------------------- report
 def pytest_collection_modifyitems(items) -> None:
-    """Remember each test's host, so the summary does not guess it from parameter ids; and
-    group each host's tests, so that pytest-xdist (-n N --dist loadgroup, a scenario's
-    CABINET_VERIFY_WORKERS) runs one host's tests in one worker, in order, hosts side by side."""
+    """Remember each test's host, so the summary does not guess it from parameter ids.
+    (pytest_generate_tests groups each host's tests for pytest-xdist.)"""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "host" in params:
-            host = params["host"].encode().decode()
-            item.user_properties.append(("cabinet_host", host))
-            item.add_marker(pytest.mark.xdist_group(name=host))
+            item.user_properties.append(("cabinet_host", params["host"].encode().decode()))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
