@@ -428,6 +428,8 @@ def test_unknown_traffic_is_counted_and_logged(lab, inventory, listeners):
 
 # ----------------------------------------------------------------------------- lab: runs as the MSP's admin
 def converge(lab, request, *extra: str, login: list[str] | None = None) -> subprocess.CompletedProcess:
+    """The role on this host. A fault test names the part it exercises (--tags, as an MSP
+    does): the validation always runs, the other parts are not run again for nothing."""
     return run_playbook("system_baseline.yml", lab, request, *extra, login=login)
 
 
@@ -448,13 +450,13 @@ def test_session_survives_a_ruleset_change(lab, lab_admin, admin_login, request)
         {"name": "labprobe", "port": 9999, "proto": "tcp", "from": ["lab_mailsink"]},
         {"name": "labsecond", "port": 9998, "proto": "tcp", "from": ["lab_mailsink"]}]})
     try:
-        changed = converge(lab, request, "-e", extra, login=admin_login)
+        changed = converge(lab, request, "--tags", "system_baseline_firewall", "-e", extra, login=admin_login)
         assert changed.returncode == 0, changed.stdout[-3000:]
         assert "tcp dport 9998 accept" in table_rules(lab)
         assert "Open a new SSH session from the controller and sudo -n true (firewall)" in changed.stdout
         assert admin_gets_in(lab, lab_admin) == []
     finally:
-        back = converge(lab, request, login=admin_login)
+        back = converge(lab, request, "--tags", "system_baseline_firewall", login=admin_login)
         assert back.returncode == 0, back.stdout[-3000:]
     assert "9998" not in table_rules(lab)
 
@@ -467,8 +469,9 @@ def test_a_wrong_ruleset_is_refused_before_loading(lab, mailsink, request):
     mail_host = lab.check_output("postconf -h myhostname")
     before_alerts = len(mailsink.alerts(mail_host, ROLE, "Firewall rolled back"))
     before, rules = files_state(lab), table_rules(lab)
-    bad = converge(lab, request, "-e", json.dumps({"__system_baseline_nft_table": "cabinet filter",
-                                                   "system_baseline_firewall_log_per_minute": 11}))
+    bad = converge(lab, request, "--tags", "system_baseline_firewall",
+                   "-e", json.dumps({"__system_baseline_nft_table": "cabinet filter",
+                                     "system_baseline_firewall_log_per_minute": 11}))
     assert bad.returncode != 0
     assert "The new firewall of" in bad.stdout and "The previous settings are back" in bad.stdout, bad.stdout[-3000:]
     assert files_state(lab) == before
@@ -483,7 +486,8 @@ def test_a_setting_sshd_refuses_is_rolled_back(lab, lab_admin, admin_login, mail
     mail_host = lab.check_output("postconf -h myhostname")
     before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
     before = lab.file(DROPIN).content_string
-    bad = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"LabBogusKeyword": "yes"}}),
+    bad = converge(lab, request, "--tags", "system_baseline_ssh",
+                   "-e", json.dumps({"system_baseline_ssh_extra_settings": {"LabBogusKeyword": "yes"}}),
                    login=admin_login)
     assert bad.returncode != 0
     assert "The new SSH settings of" in bad.stdout, bad.stdout[-3000:]
@@ -499,7 +503,8 @@ def test_a_lockout_the_checks_cannot_see_is_rolled_back_at_once(lab, lab_admin, 
     mail_host = lab.check_output("postconf -h myhostname")
     before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
     before = lab.file(DROPIN).content_string
-    locked = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"DenyUsers": lab_admin}}),
+    locked = converge(lab, request, "--tags", "system_baseline_ssh",
+                      "-e", json.dumps({"system_baseline_ssh_extra_settings": {"DenyUsers": lab_admin}}),
                       login=admin_login)
     assert locked.returncode != 0, "the run proved a session that DenyUsers refuses"
     assert f"A new SSH session as {lab_admin} failed" in locked.stdout, locked.stdout[-3000:]
@@ -519,7 +524,8 @@ def test_a_rollback_that_ran_out_during_the_proof_is_not_recorded_as_proven(lab,
     before_alerts = len(mailsink.alerts(mail_host, ROLE, "SSH settings rolled back"))
     before = lab.file(DROPIN).content_string
     proven = lab.check_output("cat /var/lib/cabinet-baseline/ssh.proven")
-    late = converge(lab, request, "-e", json.dumps({"system_baseline_ssh_extra_settings": {"X11Forwarding": "no"},
+    late = converge(lab, request, "--tags", "system_baseline_ssh",
+                    "-e", json.dumps({"system_baseline_ssh_extra_settings": {"X11Forwarding": "no"},
                                                     "__system_baseline_revert_after": 1}), login=admin_login)
     assert late.returncode != 0, "the run recorded settings as proven after their rollback had run"
     assert "The rollback timer ran out (1 s) before the run had proven the new SSH settings" in late.stdout, \
