@@ -22,8 +22,11 @@ export ANSIBLE_NOCOLOR := 1
 # Mitogen's strategy, looked up when a recipe runs, not when make reads this file: in a fresh
 # clone the venv (and mitogen in it) only exists once `setup` has run, in the same make. (A
 # lookup at parse time left every CI run from a fresh clone on Ansible's own strategy until
-# session 6.) scripts/molecule-all.sh prints the strategy it runs with.
-WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && strategy=$$($(PY) -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__) + "/plugins/strategy")' 2>/dev/null); then export ANSIBLE_STRATEGY_PLUGINS="$$strategy" ANSIBLE_STRATEGY=mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
+# session 6.) It is mitogen_linear without mitogen's CPU pinning, which put every Ansible
+# process and all they start on one of this machine's two CPUs
+# (scripts/strategy_plugins/cabinet_mitogen_linear.py). scripts/molecule-all.sh prints it.
+STRATEGY_PLUGINS := $(abspath scripts/strategy_plugins)
+WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && $(PY) -c 'import ansible_mitogen' 2>/dev/null; then export ANSIBLE_STRATEGY_PLUGINS="$(STRATEGY_PLUGINS)" ANSIBLE_STRATEGY=cabinet_mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
 .PHONY: help setup venv host images lint unit molecule converge verify idempotence destroy test demo demo-clean clean
 

@@ -1,4 +1,5 @@
-"""The verify rig's own promises (tests/integration/conftest.py), checked with a real pytest run.
+"""The test rig's own promises, checked with real runs: the verify rig
+(tests/integration/conftest.py) and the Makefile's Ansible strategy.
 
 A scenario's CABINET_VERIFY_WORKERS runs the suite with pytest-xdist (--dist loadgroup): each
 host's tests must stay in one worker, or two workers change one host at once (session 8: two
@@ -6,10 +7,14 @@ runs of system_baseline on one host, each meeting the other's rollback timer).""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,3 +57,31 @@ def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
     assert all(w != {"-"} for w in workers.values()), "pytest-xdist did not run the suite"
     assert {h: len(w) for h, w in workers.items()} == {h: 1 for h in workers}, dict(workers)
     assert all(s == list(range(8)) for s in steps.values()), dict(steps)
+
+
+def allowed_cpus(strategy: str, plugins: str) -> str:
+    """Cpus_allowed_list of a command a local task starts under ``strategy``."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_STRATEGY": strategy, "ANSIBLE_STRATEGY_PLUGINS": plugins}
+    run = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-e",
+                          "ansible_become=false", "-m", "command", "-a", "grep Cpus_allowed_list /proc/self/status"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout.strip().splitlines()[-1].split()[-1]
+
+
+def test_the_makefiles_mitogen_strategy_leaves_every_cpu_to_the_run():
+    """The Makefile's strategy (scripts/strategy_plugins/cabinet_mitogen_linear.py) is
+    mitogen_linear without its CPU pinning: a command a task starts may use every CPU the
+    controller may. mitogen_linear itself pins it to one CPU on a 2- or 3-CPU machine (session
+    9: a whole test run on one CPU of two); if a mitogen release stops doing so, the second
+    assertion says the wrapper can go."""
+    mitogen = pytest.importorskip("ansible_mitogen")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "ANSIBLE_STRATEGY=cabinet_mitogen_linear" in makefile
+    ours = str(ROOT / "scripts" / "strategy_plugins")
+    own = re.search(r"^Cpus_allowed_list:\s*(\S+)$", Path("/proc/self/status").read_text(), re.M)[1]
+    assert allowed_cpus("cabinet_mitogen_linear", ours) == own
+    if len(os.sched_getaffinity(0)) in (2, 3):
+        theirs = str(Path(mitogen.__file__).parent / "plugins" / "strategy")
+        assert allowed_cpus("mitogen_linear", theirs) != own, "mitogen_linear no longer pins: drop the wrapper"
