@@ -186,6 +186,49 @@ def test_journal_is_persistent_and_bounded(host, expect):
     assert host.file(f"/var/log/journal/{machine}").is_directory, "journald does not write to /var/log/journal"
 
 
+# ----------------------------------------------------------------------------- audit: time
+def installed(host, package: str) -> bool:
+    return host.run(f"dpkg-query --show --showformat='${{db:Status-Abbrev}}' {package}").stdout.startswith("ii")
+
+
+def test_time_is_taken_from_the_msps_servers(host, expect):
+    """chrony's sources where the host runs chrony, else timesyncd's NTP=, name the servers."""
+    if not expect("system_baseline_time_enabled"):
+        not_applicable("time part disabled in this inventory")
+    servers = expect("system_baseline_time_servers")
+    if installed(host, "chrony"):
+        text = host.file("/etc/chrony/sources.d/cabinet-baseline.sources").content_string
+        assert re.findall(r"^server (\S+) iburst$", text, re.M) == servers, text
+    elif any(installed(host, p) for p in ("ntp", "ntpsec", "openntpd")):
+        not_applicable("the host keeps the time with its own ntp daemon, which the role leaves as it is")
+    else:
+        assert installed(host, "systemd-timesyncd")
+        config = host.check_output("systemd-analyze cat-config systemd/timesyncd.conf")
+        ntp = [line.split("=", 1)[1] for line in config.splitlines() if line.startswith("NTP=")]
+        assert ntp and ntp[-1].split() == servers, config
+        assert host.service("systemd-timesyncd").is_enabled
+
+
+def test_the_clock_check_runs_every_half_hour(host, expect):
+    if not expect("system_baseline_time_enabled"):
+        not_applicable("time part disabled in this inventory")
+    assert host.file("/usr/local/sbin/cabinet-time-check").mode == 0o755
+    timer = host.service("cabinet-time-check.timer")
+    assert timer.is_enabled and timer.is_running
+    settings = json.loads(host.file("/etc/cabinet/time.json").content_string)
+    assert settings["alert_after_minutes"] == expect("system_baseline_time_alert_after_minutes")
+    assert settings["servers"] == expect("system_baseline_time_servers")
+
+
+def test_the_clock_is_synchronised(host, expect):
+    """What timedatectl says (the kernel's answer, whatever daemon keeps the time)."""
+    if not expect("system_baseline_time_enabled"):
+        not_applicable("time part disabled in this inventory")
+    if in_container(host):
+        not_applicable("a container's clock is its host kernel's, which it cannot set")
+    assert host.check_output("timedatectl show --property=NTPSynchronized --value") == "yes"
+
+
 # ----------------------------------------------------------------------------- audit: kernel
 def test_kernel_settings_file(host, expect):
     import yaml  # noqa: PLC0415
@@ -424,6 +467,43 @@ def test_unknown_traffic_is_counted_and_logged(lab, inventory, listeners):
     rule = lab.check_output(f"nft list chain inet {TABLE} input")
     # nft omits the default burst (5) when it lists the rule
     assert re.search(r'limit rate \d+/minute (burst 5 packets )?log prefix "cabinet-firewall drop: "', rule), rule
+
+
+def test_an_unsynchronised_clock_alerts_the_msp_once(lab, mailsink, expect):
+    """The check reads the kernel's answer (the lab's containers share this machine's kernel).
+    Unsynchronised (with the lab's alert_after_minutes 0): one warning naming the servers, and
+    none from the next check within realert_hours. Synchronised: no alert."""
+    if not expect("system_baseline_time_enabled"):
+        not_applicable("time part disabled in this inventory")
+    assert expect("system_baseline_time_alert_after_minutes") == 0, "the lab alerts at the first check"
+    mail_host = lab.check_output("postconf -h myhostname")
+    lab.check_output("rm -f /var/lib/cabinet/time/state.json")
+    before = len(mailsink.alerts(mail_host, ROLE, "Clock not synchronised"))
+
+    def check() -> str:
+        """One run of the service, and what that run logged (its invocation's journal)."""
+        started = lab.run("systemctl start cabinet-time-check.service")
+        assert started.rc == 0, started.stderr
+        invocation = lab.check_output("systemctl show --property=InvocationID --value cabinet-time-check.service")
+        assert re.fullmatch(r"[0-9a-f]{32}", invocation), invocation
+        deadline = time.monotonic() + 20
+        while True:  # journald writes the run's lines a moment after the run ends
+            said = lab.check_output(f"journalctl _SYSTEMD_INVOCATION_ID={invocation} -o cat --no-pager")
+            if "cabinet-time-check: done" in said or time.monotonic() > deadline:
+                return said
+            time.sleep(0.5)
+
+    said = check()
+    assert "clock synchronised" in said or "clock NOT synchronised" in said, said
+    if "clock NOT synchronised" in said:
+        assert "ALERT [warning] Clock not synchronised" in said, said
+        alert = mailsink.wait_alert(mail_host, ROLE, "Clock not synchronised", before=before)
+        assert alert["X-Cabinet-Severity"] == "warning"
+        assert all(server in alert["body"] for server in expect("system_baseline_time_servers")), alert["body"]
+        again = check()
+        assert "clock NOT synchronised" in again and "ALERT" not in again, again
+    else:
+        assert "ALERT" not in said, said
 
 
 # ----------------------------------------------------------------------------- lab: runs as the MSP's admin
