@@ -304,6 +304,8 @@ CASES = [
     ("system_baseline", {"system_baseline_time_servers": []}, "system_baseline_time_servers", "one or more host names"),
     ("system_baseline", {"system_baseline_time_servers": ["ntp.msp.example\nserver evil.example"]},
      "system_baseline_time_servers", "one or more host names"),
+    ("system_baseline", {"system_baseline_time_servers": ["ntp.msp.example\n"]}, "system_baseline_time_servers",
+     "one or more host names"),
     ("system_baseline", {"system_baseline_time_servers": ["ntp.msp.example iburst maxpoll 20"]},
      "system_baseline_time_servers", "one or more host names"),
     ("system_baseline", {"system_baseline_time_servers": "ntp.msp.example"}, "system_baseline_time_servers",
