@@ -400,14 +400,15 @@ def test_passwords_root_and_other_groups_are_refused(lab, ssh_target, lab_admin)
         # The account goes, home and all (its skeleton files are 0644: left behind, they fail
         # the ANSSI scanner's home-files rule later in this suite). userdel refuses while a
         # process of the account's still runs (sshd closing a refused session): tried again.
-        deadline = time.monotonic() + 30
+        deadline, refusal = time.monotonic() + 30, ""
         while lab.run("id lab-outsider").rc == 0 and time.monotonic() < deadline:
             gone = lab.run("userdel -r lab-outsider")
             if gone.rc != 0:
+                refusal = gone.stderr
                 time.sleep(1)
         lab.run("rm -rf /home/lab-outsider")
         assert lab.run("id lab-outsider").rc != 0 and not lab.file("/home/lab-outsider").exists, \
-            f"lab-outsider could not be removed: {gone.stderr}"
+            f"lab-outsider could not be removed: {refusal}"
 
 
 @pytest.mark.parametrize("option", ["KexAlgorithms=diffie-hellman-group14-sha1", "Ciphers=aes128-cbc",
