@@ -244,3 +244,16 @@ def test_the_rollback_command_refuses_an_unknown_part():
     script = ROOT / "roles" / "system_baseline" / "files" / "usr" / "local" / "sbin" / "cabinet-baseline-revert"
     done = subprocess.run(["sh", str(script), "pam"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_every_keyword_the_sshd_template_writes_is_refused_as_an_extra_setting():
+    """system_baseline_ssh_extra_settings cannot override what the role writes: the list the
+    validation reads names every keyword of the template (X11Forwarding was missing; a keyword
+    regex without digits hid it until session 9)."""
+    import re  # noqa: PLC0415
+    template = (ROOT / "roles" / "system_baseline" / "templates" / "etc" / "ssh" / "sshd_config.d"
+                / "00-cabinet-baseline.conf.j2").read_text(encoding="utf-8")
+    written = set(re.findall(r"^([A-Z][A-Za-z0-9]+) ", template, re.M))
+    managed = yaml.safe_load((ROOT / "roles" / "system_baseline" / "vars" / "main.yml").read_text(encoding="utf-8"))
+    assert written and written <= set(managed["__system_baseline_ssh_managed_keywords"]), \
+        written - set(managed["__system_baseline_ssh_managed_keywords"])

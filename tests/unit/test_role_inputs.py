@@ -293,6 +293,8 @@ CASES = [
      "set by the role itself"),
     ("system_baseline", {"system_baseline_ssh_extra_settings": {"Match": "User x"}}, "system_baseline_ssh_extra_settings",
      "set by the role itself"),
+    ("system_baseline", {"system_baseline_ssh_extra_settings": {"X11Forwarding": "yes"}}, "system_baseline_ssh_extra_settings",
+     "set by the role itself"),
     ("system_baseline", {"system_baseline_ssh_extra_settings": {"X11 UseLocalhost": "yes"}}, "system_baseline_ssh_extra_settings",
      "a mapping of sshd keywords"),
     ("system_baseline", {"system_baseline_ssh_extra_settings": {"AllowUsers": "a\nPermitRootLogin yes"}},
