@@ -59,29 +59,35 @@ def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
     assert all(s == list(range(8)) for s in steps.values()), dict(steps)
 
 
-def allowed_cpus(strategy: str, plugins: str) -> str:
-    """Cpus_allowed_list of a command a local task starts under ``strategy``."""
+def task_output(strategy: str, plugins: str, command: str) -> str:
+    """The last line a local shell task prints under ``strategy``."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_STRATEGY": strategy, "ANSIBLE_STRATEGY_PLUGINS": plugins}
     run = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-e",
-                          "ansible_become=false", "-m", "command", "-a", "grep Cpus_allowed_list /proc/self/status"],
+                          "ansible_become=false", "-m", "ansible.builtin.shell", "-a", command],
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout.strip().splitlines()[-1].split()[-1]
+    return run.stdout.strip().splitlines()[-1]
+
+
+CPUS = "grep Cpus_allowed_list /proc/self/status | cut -f2"
 
 
 def test_the_makefiles_mitogen_strategy_leaves_every_cpu_to_the_run():
     """The Makefile's strategy (scripts/strategy_plugins/cabinet_mitogen_linear.py) is
-    mitogen_linear without its CPU pinning: a command a task starts may use every CPU the
-    controller may. mitogen_linear itself pins it to one CPU on a 2- or 3-CPU machine (session
-    9: a whole test run on one CPU of two); if a mitogen release stops doing so, the second
-    assertion says the wrapper can go."""
+    mitogen_linear without its CPU pinning: the task runs under mitogen, and a command it
+    starts may use every CPU the controller may. mitogen_linear itself pins it to one CPU on a
+    2- or 3-CPU machine (session 9: a whole test run on one CPU of two); if a mitogen release
+    stops doing so, the last assertion says the wrapper can go."""
+    import multiprocessing  # noqa: PLC0415
     mitogen = pytest.importorskip("ansible_mitogen")
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "ANSIBLE_STRATEGY=cabinet_mitogen_linear" in makefile
     ours = str(ROOT / "scripts" / "strategy_plugins")
     own = re.search(r"^Cpus_allowed_list:\s*(\S+)$", Path("/proc/self/status").read_text(), re.M)[1]
-    assert allowed_cpus("cabinet_mitogen_linear", ours) == own
-    if len(os.sched_getaffinity(0)) in (2, 3):
+    assert "(mitogen:" in task_output("cabinet_mitogen_linear", ours, "ps -o args= -p $PPID"), "not run by mitogen"
+    assert task_output("cabinet_mitogen_linear", ours, CPUS) == own
+    # mitogen counts the machine's CPUs (multiprocessing.cpu_count), not the ones this process may use.
+    if len(os.sched_getaffinity(0)) in (2, 3) and multiprocessing.cpu_count() == len(os.sched_getaffinity(0)):
         theirs = str(Path(mitogen.__file__).parent / "plugins" / "strategy")
-        assert allowed_cpus("mitogen_linear", theirs) != own, "mitogen_linear no longer pins: drop the wrapper"
+        assert task_output("mitogen_linear", theirs, CPUS) != own, "mitogen_linear no longer pins: drop the wrapper"
