@@ -28,7 +28,7 @@ export ANSIBLE_NOCOLOR := 1
 STRATEGY_PLUGINS := $(abspath scripts/strategy_plugins)
 WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && $(PY) -c 'import ansible_mitogen' 2>/dev/null; then export ANSIBLE_STRATEGY_PLUGINS="$(STRATEGY_PLUGINS)" ANSIBLE_STRATEGY=cabinet_mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
-.PHONY: help setup venv host images lint unit molecule converge verify idempotence destroy test demo demo-clean clean
+.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -58,7 +58,18 @@ lint: venv ## yamllint and ansible-lint (production profile)
 	@echo "==> ansible-lint"; ansible-lint --offline
 
 unit: venv ## pytest tests/unit
-	@echo "==> unit tests"; $(WITH_MITOGEN) pytest -q -p no:cacheprovider -n 2 tests/unit
+	@echo "==> unit tests"; $(WITH_MITOGEN) pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests/unit
+
+# lint uses one CPU for a minute and a half: it runs beside the unit tests, which then finish
+# on the CPU it leaves (session 10: about 40 s of `make test`). Its output is printed after
+# theirs, and either failing fails the target.
+checks: venv ## lint and unit tests side by side
+	@mkdir -p build; $(MAKE) --no-print-directory lint > build/lint.log 2>&1 & lint=$$!; \
+	 unit=0; $(MAKE) --no-print-directory unit || unit=$$?; \
+	 linted=0; wait $$lint || linted=$$?; cat build/lint.log; \
+	 if [ $$linted -ne 0 ]; then echo "ERROR: lint failed (above)" >&2; fi; \
+	 if [ $$unit -ne 0 ]; then echo "ERROR: unit tests failed (above the lint output)" >&2; fi; \
+	 [ $$linted -eq 0 ] && [ $$unit -eq 0 ]
 
 molecule: setup ## Every Molecule scenario, on Debian 12 and 13, with a summary
 	@$(WITH_MITOGEN) bash scripts/molecule-all.sh $(SCENARIOS)
@@ -69,7 +80,7 @@ converge verify idempotence destroy: setup
 	@test -n "$(SCENARIOS)" || { echo "ERROR: name the scenario(s): make $@ SCENARIOS=backup" >&2; exit 2; }
 	@$(WITH_MITOGEN) for s in $(SCENARIOS); do echo "==> molecule $@ -s $$s"; molecule $@ -s $$s; done
 
-test: setup lint unit molecule ## The whole test suite (what CI runs)
+test: setup checks molecule ## The whole test suite (what CI runs)
 	@echo "==> make test: all passed"
 
 demo: setup ## Start the demo practice, apply playbooks/site.yml, print the audit

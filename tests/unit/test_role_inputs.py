@@ -13,8 +13,10 @@ the first things every role's tasks/main.yml does, and one runs a whole site.yml
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -268,7 +270,7 @@ CASES = [
     ("website_privacy", {"website_privacy_rights_recipient": ""}, "website_privacy_rights_recipient", "expected one address"),
     ("website_privacy", {"website_privacy_acme_email": "webmaster"}, "website_privacy_acme_email", "expected one address"),
     ("website_privacy", {"website_privacy_consent_days": 395}, "website_privacy_consent_days", "1 to 183"),
-    ("website_privacy", {"website_privacy_form_enabled": "oui"}, "website_privacy_form_enabled", "true or false"),
+    ("website_privacy", {"website_privacy_form_enabled": "oui"}, "website_privacy_form_enabled", "not a valid boolean"),
     # system_baseline: the issue's cases (a group that does not exist, a bad port, an algorithm
     # the release does not know), then more.
     ("system_baseline", {"system_baseline_ssh_allow_groups": ["lab-no-such-group"]}, "system_baseline_ssh_allow_groups",
@@ -315,13 +317,13 @@ CASES = [
     ("system_baseline", {"system_baseline_time_alert_after_minutes": -5}, "system_baseline_time_alert_after_minutes",
      "0 to 10080"),
     ("system_baseline", {"system_baseline_time_realert_hours": 0}, "system_baseline_time_realert_hours", "1 to 720"),
-    ("system_baseline", {"system_baseline_time_enabled": "oui"}, "system_baseline_time_enabled", "true or false"),
+    ("system_baseline", {"system_baseline_time_enabled": "oui"}, "system_baseline_time_enabled", "not a valid boolean"),
     ("system_baseline", {"system_baseline_root_max_days": 9999}, "system_baseline_root_max_days", "30 to 365"),
     ("system_baseline", {"system_baseline_sudo_logfile": "/tmp/sudo.log"}, "system_baseline_sudo_logfile", "under /var/log"),
     ("system_baseline", {"system_baseline_sudo_logfile": "/var/log/../../etc/shadow"}, "system_baseline_sudo_logfile",
      "under /var/log"),
     ("system_baseline", {"system_baseline_su_group": "wheel users"}, "system_baseline_su_group", "a group name"),
-    ("system_baseline", {"system_baseline_firewall_enabled": "oui"}, "system_baseline_firewall_enabled", "true or false"),
+    ("system_baseline", {"system_baseline_firewall_enabled": "oui"}, "system_baseline_firewall_enabled", "not a valid boolean"),
     ("system_baseline", {"system_baseline_ssh_revert_seconds": 5}, "system_baseline_ssh_revert_seconds", "30 to 3600"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": []}, "system_baseline_firewall_ssh_sources", "or [any]"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": ["192.0.2.7/24"]}, "system_baseline_firewall_ssh_sources",
@@ -365,32 +367,113 @@ def recap_changed(output: str) -> int:
     return int(line.split("changed=")[1].split()[0])
 
 
-@pytest.mark.parametrize("role, overrides, variable, words", CASES,
-                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_stops_before_any_change(role, overrides, variable, words, tmp_path):
-    variables = {k: v for k, v in {**GOOD[role], **overrides}.items() if v is not None}
-    done = run_role(role, variables, tmp_path)
+# The bad and good cases run in BATCHES ansible-playbook runs, not one run each (about 180
+# runs, most of `make unit`'s time): each case is a host of its own in the batch's inventory
+# (local connection), its variables are that host's inventory variables, as an MSP gives them,
+# and the play includes the host's role. A host stops at its own failure; nothing a case does
+# reaches another (no run_once, no delegation in any validation). The results are read per host
+# from the JSON callback: where the host stopped, its message, its changed count. The batches
+# are pytest-xdist groups, so `make unit`'s two workers run one batch each.
+BATCHES = 2
+BAD = {f"{c[0]}-{c[2]}-{i}": (c[0], {k: v for k, v in {**GOOD[c[0]], **c[1]}.items() if v is not None})
+       for i, c in enumerate(CASES)}
+GOOD_CASES = {f"good-{role}": (role, GOOD[role]) for role in sorted(GOOD)}
+BATCH_OF = {name: i % BATCHES for i, name in enumerate([*BAD, *GOOD_CASES])}
+
+
+def _batch_mark(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.xdist_group(f"role-inputs-{BATCH_OF[name]}")
+
+
+@dataclass
+class CaseResult:
+    """What the batch run did for one case (one host)."""
+
+    failed: bool
+    last_task: str  # the task the host stopped at (the last it ran)
+    result: str  # that task's message for the host (msg, and the argument specs' errors)
+    task_names: list[str]  # every task the host ran
+    changed: int
+    output: str  # the whole run's output (a secret must appear nowhere in it)
+
+
+_BATCH_RESULTS: dict[int, dict[str, CaseResult]] = {}
+
+
+def run_batch(cases: dict[str, tuple[str, dict]], tmp_path: Path) -> dict[str, CaseResult]:
+    """Run every case in one ansible-playbook run; one host per case."""
+    hosts = {}
+    for index, (name, (role, variables)) in enumerate(cases.items()):
+        facts = {**HARNESS_FACTS, **variables.get("harness_facts", {})}
+        hosts[f"case{index}"] = {**variables, "role_under_test": role, "harness_facts": facts,
+                                 "ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = tmp_path / "cases.json"
+    inventory.write_text(json.dumps({"all": {"hosts": hosts}}), encoding="utf-8")
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_LOCALHOST_WARNING="false",
+                      ANSIBLE_LIBRARY=str(ROOT / "tests" / "unit" / "library"), ANSIBLE_FORKS=os.environ.get("ROLE_INPUTS_FORKS", "4"))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
+         str(PLAYBOOK), "-e", "harness_hosts=all", "-e", "cabinet_validate_only=true"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+    )
     output = done.stdout + done.stderr
-    assert done.returncode != 0, f"the run did not stop:\n{output[-3000:]}"
-    failed_task = [l for l in output.splitlines() if l.startswith("TASK [")][-1]
-    assert "Validat" in failed_task or "argument spec" in failed_task.lower(), \
-        f"it stopped at {failed_task}, not in the validation:\n{output[-3000:]}"
-    assert variable in output and words in output, output[-3000:]
-    assert recap_changed(output) == 0
-    for name, secret in overrides.items():
-        if name.endswith(("_password", "_passphrase")) and secret:
-            printed = secret in output
-            assert not printed, f"the secret in {name} was printed"
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"the batch run printed no JSON report (exit {done.returncode}):\n{output[-3000:]}")
+    results = {}
+    for index, name in enumerate(cases):
+        host = f"case{index}"
+        ran = [(t["task"]["name"], r) for play in report["plays"] for t in play["tasks"]
+               for h, r in t["hosts"].items() if h == host]
+        stats = report["stats"].get(host, {})
+        assert ran and stats, f"{name}: the batch run has no result for {host}:\n{output[-3000:]}"
+        results[name] = CaseResult(failed=stats.get("failures", 0) > 0 or stats.get("unreachable", 0) > 0,
+                                   last_task=ran[-1][0], result=_message(ran[-1][1]),
+                                   task_names=[n for n, _ in ran], changed=stats.get("changed", 0), output=output)
+    return results
 
 
-@pytest.mark.parametrize("role", sorted(GOOD))
-def test_good_input_passes_validation(role, tmp_path):
+def _message(result: dict) -> str:
+    """A result's message: not its other fields (the argument specs' result carries every
+    variable's description, which would let any words match)."""
+    return "\n".join([str(result.get("msg", "")), *map(str, result.get("argument_errors", []))])
+
+
+def case_result(name: str, tmp_path_factory: pytest.TempPathFactory) -> CaseResult:
+    """The result of one case: its batch is run the first time one of its cases asks."""
+    batch = BATCH_OF[name]
+    if batch not in _BATCH_RESULTS:
+        cases = {n: c for n, c in {**BAD, **GOOD_CASES}.items() if BATCH_OF[n] == batch}
+        _BATCH_RESULTS[batch] = run_batch(cases, tmp_path_factory.mktemp(f"role-inputs-{batch}"))
+    return _BATCH_RESULTS[batch][name]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_batch_mark(n)) for n in BAD])
+def test_bad_input_stops_before_any_change(name, tmp_path_factory):
+    role, variables = BAD[name]
+    case = CASES[int(name.rsplit("-", 1)[1])]
+    variable, words = case[2], case[3]
+    done = case_result(name, tmp_path_factory)
+    assert done.failed, f"the run did not stop: it ran {done.task_names}"
+    assert "Validat" in done.last_task or "argument spec" in done.last_task.lower(), \
+        f"it stopped at {done.last_task}, not in the validation:\n{done.result[-3000:]}"
+    # The message where it stopped names the variable and what was expected.
+    assert variable in done.result and words in done.result, done.result[-3000:]
+    assert done.changed == 0
+    for key, secret in case[1].items():
+        if key.endswith(("_password", "_passphrase")) and secret:
+            printed = secret in done.output
+            assert not printed, f"the secret in {key} was printed"
+
+
+@pytest.mark.parametrize("role", [pytest.param(r, marks=_batch_mark(f"good-{r}")) for r in sorted(GOOD)])
+def test_good_input_passes_validation(role, tmp_path_factory):
     """The same harness with good input passes (so the cases above fail for their reason)."""
-    done = run_role(role, GOOD[role], tmp_path)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-    assert any("Validate" in l for l in output.splitlines() if l.startswith("TASK [")), output
-    assert recap_changed(output) == 0
+    done = case_result(f"good-{role}", tmp_path_factory)
+    assert not done.failed, f"stopped at {done.last_task}:\n{done.result[-3000:]}"
+    assert any("Validate" in t for t in done.task_names), done.task_names
+    assert done.changed == 0
 
 
 def test_low_memory_only_warns_when_asked(tmp_path):
