@@ -15,6 +15,9 @@ adds its own (system_baseline_firewall_extra_rules, which apply to the host they
 - ssh_algorithm_problems(wanted, known, kind): names the release's OpenSSH does not know
 - sshd_drift(effective, wanted): how sshd -T differs from the settings the role wants
 - ssh_proof_argv(connection, login, command): a new SSH session's argv, for the anti-lockout proof
+- integrity_exclude_problems(paths, protected, kept_below): what is wrong with the paths an
+  inventory asks AIDE to leave out
+- network_problems(values): what is not an address or a CIDR network in a list
 """
 
 from __future__ import annotations
@@ -301,6 +304,49 @@ def ssh_algorithm_problems(wanted: Sequence[str], known: Sequence[str], kind: st
     return [name for name in wanted if name not in known_set]
 
 
+_EXCLUDE_PATH = re.compile(r"(/[A-Za-z0-9._+@-]+)+")
+
+
+def integrity_exclude_problems(paths: object, protected: Sequence[str], kept_below: Sequence[str]) -> list[str]:
+    """One sentence per path AIDE may not leave out.
+
+    A path must be absolute, plain (letters, digits, ``._+@-``; no ``.`` or ``..`` component,
+    no trailing slash or line break). It may be neither ``protected`` nor under one of them
+    (the system's folders: /etc, /usr...), nor above one of ``kept_below`` either (/var holds
+    dpkg's database, /opt is where a practice's software lives and must stay watched itself)."""
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
+        return [f"expected a list of absolute paths, got {paths!r}"]
+    problems = []
+    for path in paths:
+        if not isinstance(path, str) or not _EXCLUDE_PATH.fullmatch(path) \
+                or any(part in (".", "..") for part in path.split("/")):
+            problems.append(f"{path!r} is not a plain absolute path (letters, digits, ._+@-; no . or .., no spaces)")
+            continue
+        for root in protected:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                problems.append(f"{path} is {'one' if path == root else 'under one'} of the system folders AIDE is for ({root})")
+                break
+        else:
+            above = [root for root in [*protected, *kept_below] if root == path or root.startswith(path + "/")]
+            if above:
+                problems.append(f"{path} would leave out {above[0]}, which AIDE is for")
+    return problems
+
+
+def network_problems(values: object) -> list[str]:
+    """One sentence per entry of ``values`` that is not an IPv4 or IPv6 address or a CIDR
+    network written as it is (10.1.0.0/16, not 10.1.2.3/16, which would silently widen)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        return [f"expected a list of addresses or CIDR networks, got {values!r}"]
+    problems = []
+    for value in values:
+        if not isinstance(value, str) or not value.strip() or value != value.strip() or not _strict(value):
+            reason = "host bits set" if isinstance(value, str) and _network(value) is not None and not _strict(value) \
+                else "not an address or a CIDR network"
+            problems.append(f"{value!r}: {reason}")
+    return problems
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -314,4 +360,6 @@ class FilterModule:
             "ssh_algorithm_problems": ssh_algorithm_problems,
             "sshd_drift": sshd_drift,
             "ssh_proof_argv": ssh_proof_argv,
+            "integrity_exclude_problems": integrity_exclude_problems,
+            "network_problems": network_problems,
         }

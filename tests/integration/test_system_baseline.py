@@ -121,6 +121,35 @@ def test_sshd_limits_idle_and_forwarding(host, expect):
         assert s["persourcepenalties"] != "no"
 
 
+def ban_exempt(expect) -> list[str]:
+    return expect("system_baseline_ssh_ban_exempt") or [
+        s for s in expect("system_baseline_firewall_ssh_sources") if s != "any"]
+
+
+def test_sources_that_keep_failing_are_shut_out(host, expect):
+    """Debian 13: OpenSSH's per-source penalties, the MSP's networks exempt. Debian 12: fail2ban's
+    sshd jail, reading the journal of Debian's ssh.service, banning with nftables."""
+    if not expect("system_baseline_ssh_enabled") or not has_sshd(host):
+        not_applicable("no SSH server hardened here")
+    if not expect("system_baseline_ssh_ban_enabled"):
+        not_applicable("bans turned off in this inventory")
+    exempt = ban_exempt(expect)
+    if int(host.system_info.release.split(".")[0]) >= 13:
+        settings = sshd_settings(host)
+        assert settings.get("persourcepenalties", "no") != "no", settings.get("persourcepenalties")
+        if exempt:
+            assert settings.get("persourcepenaltyexemptlist") == ",".join(exempt), settings.get("persourcepenaltyexemptlist")
+        return
+    assert host.service("fail2ban").is_enabled and host.service("fail2ban").is_running
+    status = host.run("fail2ban-client status sshd")
+    assert status.rc == 0, status.stdout + status.stderr
+    assert host.check_output("fail2ban-client get sshd maxretry") == str(expect("system_baseline_ssh_ban_after_failures"))
+    ignored = host.check_output("fail2ban-client get sshd ignoreip")
+    assert all(source in ignored for source in exempt), ignored
+    assert "_SYSTEMD_UNIT=ssh.service" in host.check_output("fail2ban-client get sshd journalmatch")
+    assert "nftables-multiport" in host.check_output("fail2ban-client get sshd actions")
+
+
 def test_no_rollback_pending_and_the_settings_in_force_were_proven(host):
     """A revert timer still armed means a run lost its way in and is about to roll back; a
     file of the baseline that differs from the last one a run proved (an interrupted run, or
@@ -229,6 +258,32 @@ def test_the_clock_is_synchronised(host, expect):
     if in_container(host):
         not_applicable("a container's clock is its host kernel's, which it cannot set")
     assert host.check_output("timedatectl show --property=NTPSynchronized --value") == "yes"
+
+
+# ----------------------------------------------------------------------------- audit: integrity
+def aide_setting(host, name: str) -> str:
+    """A setting of Debian's aide.conf (the last line that sets it)."""
+    lines = host.file("/etc/aide/aide.conf").content_string.splitlines()
+    return next((line.split("=", 1)[1].strip() for line in reversed(lines) if re.match(rf"{name}\s*=", line)), "")
+
+
+def test_aide_checks_the_files_every_day(host, expect):
+    """R76/R79: AIDE installed, its database built, cabinet-integrity's timer instead of Debian's."""
+    if not expect("system_baseline_integrity_enabled"):
+        not_applicable("integrity part disabled in this inventory")
+    assert installed(host, "aide")
+    assert host.run("aide --config=/etc/aide/aide.conf --config-check").rc == 0
+    assert aide_setting(host, "Checksums") == "sha512"
+    database = host.file("/var/lib/aide/aide.db")
+    assert database.is_file and database.user == "root" and not database.mode & 0o022, "no database, or others may write it"
+    dropin = host.file("/etc/aide/aide.conf.d/90_cabinet_hardening").content_string
+    for path in ["/home", "/var/lib/cabinet", *expect("system_baseline_integrity_exclude_paths")]:
+        assert f"!{re.escape(path)}(/|$)" in dropin, path
+    timer = host.service("cabinet-integrity-check.timer")
+    assert timer.is_enabled and timer.is_running
+    assert not host.service("dailyaidecheck.timer").is_enabled, "Debian's unfiltered daily report is on too"
+    assert json.loads(host.file("/etc/cabinet/integrity.json").content_string)["realert_days"] == \
+        expect("system_baseline_integrity_realert_days")
 
 
 # ----------------------------------------------------------------------------- audit: kernel
@@ -532,6 +587,149 @@ def test_an_unsynchronised_clock_alerts_the_msp_once(lab, mailsink, expect, requ
                        "covered by tests/unit/test_cabinet_time.py only")
 
 
+# ----------------------------------------------------------------------------- lab: integrity
+@pytest.fixture(scope="module")
+def integrity(lab, expect, request):
+    """The integrity check, run by hand: the timer's own runs stopped, no run of the toolkit in
+    progress (a run another test killed would explain everything for six hours), and the host
+    taken as it is. Returns a function that runs the check's service and says what it printed."""
+    if not expect("system_baseline_integrity_enabled"):
+        not_applicable("integrity part disabled in this inventory")
+    lab.check_output("systemctl stop cabinet-integrity-check.timer")
+    request.addfinalizer(lambda: lab.run("systemctl start cabinet-integrity-check.timer"))
+    deadline = time.monotonic() + 300
+    while lab.check_output("systemctl show -P ActiveState cabinet-integrity-check.service") not in ("inactive", "failed"):
+        assert time.monotonic() < deadline, "the timer's own integrity check did not end"
+        time.sleep(1)
+    lab.check_output("rm -rf /var/lib/cabinet/integrity/runs")
+    accepted = lab.run("cabinet-integrity accept")
+    assert accepted.rc == 0, accepted.stderr
+
+    def check() -> dict:
+        """One run of the service: what it printed last, its log, and the explained changes."""
+        lab.check_output("rm -f /var/lib/cabinet/integrity/last-report.json")
+        started = lab.run("systemctl start cabinet-integrity-check.service")
+        assert started.rc == 0, started.stderr
+        invocation = lab.check_output("systemctl show --property=InvocationID --value cabinet-integrity-check.service")
+        deadline = time.monotonic() + 20
+        while True:  # journald writes the run's lines a moment after the run ends
+            said = lab.check_output(f"journalctl _SYSTEMD_INVOCATION_ID={invocation} -o cat --no-pager")
+            printed = [line for line in said.splitlines() if line.startswith("{")]
+            if printed or time.monotonic() > deadline:
+                assert printed, said
+                report = lab.run("cat /var/lib/cabinet/integrity/last-report.json")
+                explained = json.loads(report.stdout)["explained"] if report.rc == 0 else []
+                return json.loads(printed[-1]) | {"log": said, "explained": explained}
+            time.sleep(0.5)
+
+    return check
+
+
+LAB_PACKAGE = "cabinet-lab-integrity"
+
+
+def outside_package_operations(lab) -> None:
+    """Wait until the last package operation (the converge's, another test's) is out of the
+    window the check gives it (cabinet-integrity's WINDOW_AFTER, 120 s): a change made now is
+    no package's."""
+    last = lab.run("tail -n 1 /var/log/dpkg.log").stdout[:19]
+    if not last:
+        return
+    ended = lab.check_output(f"date -d '{last}' +%s")
+    wait = int(ended) + 125 - int(lab.check_output("date +%s"))
+    if wait > 0:
+        time.sleep(wait)
+
+
+def build_lab_package(lab, version: str) -> str:
+    """A package with a program, a data file and a conffile, version ``version``: its .deb."""
+    script = f"""set -e
+b=$(mktemp -d); mkdir -p $b/DEBIAN $b/usr/bin $b/usr/share/{LAB_PACKAGE} $b/etc
+printf '#!/bin/sh\necho {version}\n' > $b/usr/bin/{LAB_PACKAGE}; chmod 755 $b/usr/bin/{LAB_PACKAGE}
+echo 'data {version}' > $b/usr/share/{LAB_PACKAGE}/data
+echo 'setting = {version}' > $b/etc/{LAB_PACKAGE}.conf
+echo /etc/{LAB_PACKAGE}.conf > $b/DEBIAN/conffiles
+printf 'Package: {LAB_PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: tests <t@cabinet.invalid>\nDescription: integrity test\n' > $b/DEBIAN/control
+dpkg-deb --root-owner-group --build $b /root/{LAB_PACKAGE}_{version}_all.deb >/dev/null; rm -rf $b
+echo /root/{LAB_PACKAGE}_{version}_all.deb"""
+    return lab.check_output(f"bash -c {shlex.quote(script)}")
+
+
+def test_a_change_outside_package_updates_reaches_the_msp_once(lab, integrity, mailsink, request):
+    """A file added and one changed by hand: one warning naming both, the database kept (so
+    the next check still sees them), no second alert the next day; accepted, they are gone."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    request.addfinalizer(lambda: lab.run("rm -f /etc/profile.d/lab-integrity-probe* /usr/local/bin/lab-integrity-probe; "
+                                         "cabinet-integrity accept"))
+    before = len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates"))
+    outside_package_operations(lab)
+    lab.check_output("echo '# lab' > /etc/profile.d/lab-integrity-probe && echo 'exit 0' > /usr/local/bin/lab-integrity-probe")
+    found = integrity()
+    assert "added /etc/profile.d/lab-integrity-probe" in found["unexplained"], found["explained"]
+    assert "added /usr/local/bin/lab-integrity-probe" in found["unexplained"], found["explained"]
+    assert found["database"] == "kept"
+    alert = mailsink.wait_alert(mail_host, ROLE, "Files changed outside package updates", before=before)
+    assert alert["X-Cabinet-Severity"] == "warning"
+    assert "added /etc/profile.d/lab-integrity-probe" in alert["body"], alert["body"]
+    again = integrity()
+    assert again["unexplained"] == found["unexplained"] and "ALERT" not in again["log"], again["log"]
+    # The MSP accepts what the alert named, by its id: not once something else has changed.
+    assert found["alert_id"] in alert["body"]
+    lab.check_output("echo '# lab, later' > /etc/profile.d/lab-integrity-probe-2")
+    refused = lab.run(f"cabinet-integrity accept {found['alert_id']}")
+    assert refused.rc == 5 and "nothing was accepted" in refused.stderr, refused.stdout + refused.stderr
+    lab.check_output("rm /etc/profile.d/lab-integrity-probe-2")
+    accepted = lab.run(f"cabinet-integrity accept {found['alert_id']}")
+    assert accepted.rc == 0, accepted.stdout + accepted.stderr
+    assert integrity()["unexplained"] == []
+    assert len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates")) == before + 1
+
+
+def test_a_package_update_is_explained_but_not_a_file_tampered_with_during_it(lab, integrity, mailsink, request):
+    """An upgrade (program, data, conffile replaced) and a purge move the database forward
+    without an alert; a file of the package changed within the upgrade's window is still
+    reported, as its content is not what dpkg installed."""
+    request.addfinalizer(lambda: lab.run(f"dpkg --purge {LAB_PACKAGE}; rm -f /root/{LAB_PACKAGE}_*.deb; "
+                                         "cabinet-integrity accept"))
+    first, second = build_lab_package(lab, "1.0"), build_lab_package(lab, "2.0")
+    lab.check_output(f"dpkg -i {first} >/dev/null && cabinet-integrity accept >/dev/null")
+    lab.check_output(f"dpkg -i {second} >/dev/null && echo 'data tampered' > /usr/share/{LAB_PACKAGE}/data")
+    found = integrity()
+    assert found["unexplained"] == [f"changed /usr/share/{LAB_PACKAGE}/data (not the content its package installed)"], found
+    assert f"changed /usr/bin/{LAB_PACKAGE} (a package operation)" in found["explained"], found
+    assert f"changed /etc/{LAB_PACKAGE}.conf (a package operation)" in found["explained"], found
+    lab.check_output(f"dpkg -i {second} >/dev/null")  # reinstalled: the package's content again
+    restored = integrity()
+    assert restored["unexplained"] == [] and restored["database"] == "updated", restored
+    lab.check_output(f"dpkg --purge {LAB_PACKAGE} >/dev/null")
+    purged = integrity()
+    assert purged["unexplained"] == [] and purged["database"] == "updated", purged
+
+
+def test_a_missing_database_is_rebuilt_and_alerted(lab, integrity, mailsink):
+    mail_host = lab.check_output("postconf -h myhostname")
+    before = len(mailsink.alerts(mail_host, ROLE, "File integrity database missing"))
+    lab.check_output("rm /var/lib/aide/aide.db")
+    assert integrity()["database"] == "built"
+    assert lab.file("/var/lib/aide/aide.db").is_file
+    alert = mailsink.wait_alert(mail_host, ROLE, "File integrity database missing", before=before)
+    assert alert["X-Cabinet-Severity"] == "critical"
+
+
+def test_a_run_s_changes_are_explained(lab, integrity, request):
+    """A run of the baseline that writes a file: the next check explains it (the run's window,
+    from playbooks/validate.yml to playbooks/seal.yml) and moves the database forward. (The
+    file is removed first, out of any window, so that the run must write it again; the removal
+    and the new file are one change to AIDE, made by the run.)"""
+    lab.check_output("rm /etc/cabinet/integrity.json")
+    changed = converge(lab, request, "--tags", "system_baseline_integrity")
+    assert changed.returncode == 0, changed.stdout[-3000:]
+    assert lab.file("/etc/cabinet/integrity.json").is_file
+    found = integrity()
+    assert found["unexplained"] == [] and found["database"] == "updated", found
+    assert "changed /etc/cabinet/integrity.json (a cabinet-hardening run)" in found["explained"], found["explained"]
+
+
 # ----------------------------------------------------------------------------- lab: runs as the MSP's admin
 def converge(lab, request, *extra: str, login: list[str] | None = None) -> subprocess.CompletedProcess:
     """The role on this host. A fault test names the part it exercises (--tags, as an MSP
@@ -565,6 +763,64 @@ def test_session_survives_a_ruleset_change(lab, lab_admin, admin_login, request)
         back = converge(lab, request, "--tags", "system_baseline_firewall", login=admin_login)
         assert back.returncode == 0, back.stdout[-3000:]
     assert "9998" not in table_rules(lab)
+
+
+def ssh_banner(source, address: str) -> bool:
+    """Whether ``source`` gets sshd's banner from address:22 within 3 s."""
+    script = (f"import socket\ns = socket.socket()\ns.settimeout(3)\ntry:\n    s.connect(({address!r}, 22))\n"
+              "    print('banner' if s.recv(64).startswith(b'SSH-') else 'closed')\nexcept OSError as e:\n"
+              "    print('closed', e)\n")
+    return source.check_output("python3 -c %s", script).startswith("banner")
+
+
+def local_banner(address: str) -> bool:
+    """Whether this machine (the controller, on the MSP's network in the lab) gets the banner."""
+    import socket  # noqa: PLC0415 - only here
+
+    try:
+        with socket.create_connection((address, 22), timeout=3) as connection:
+            return connection.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def test_a_source_that_keeps_failing_is_shut_out_not_the_msps(lab, inventory, expect, lab_admin, request):
+    """A machine SSH is open to sends garbage instead of logging in, again and again (a
+    scanner): it is shut out (fail2ban on Debian 12, OpenSSH's penalties on 13), while the MSP's
+    network, exempt, still gets in."""
+    if not expect("system_baseline_ssh_ban_enabled"):
+        not_applicable("bans turned off in this inventory")
+    if not firewall_usable(lab):
+        not_applicable("this host may not manage its packet filter")
+    address = lab.check_output("hostname -I").split()[0]
+    sink = connect(inventory, inventory.group("lab_mailsink")[0])
+    sink_address = sink.check_output("hostname -I").split()[0]
+    msp = [s for s in expect("system_baseline_firewall_ssh_sources") if s != "any"]
+    assert msp, "the lab names the MSP's network"
+    extra = json.dumps({"system_baseline_firewall_ssh_sources": [*msp, sink_address], "system_baseline_ssh_ban_exempt": msp,
+                        "system_baseline_ssh_ban_after_failures": 3})
+    debian12 = int(lab.system_info.release.split(".")[0]) < 13
+    try:
+        changed = converge(lab, request, "--tags", "system_baseline_ssh,system_baseline_firewall", "-e", extra)
+        assert changed.returncode == 0, changed.stdout[-3000:]
+        assert ssh_banner(sink, address), "SSH is not open to the mail sink for the test"
+        hammer = ("import socket\nfor _ in range(25):\n    s = socket.socket(); s.settimeout(3)\n    try:\n"
+                  f"        s.connect(({address!r}, 22)); s.recv(64); s.sendall(b'garbage\\r\\n'); s.recv(64)\n"
+                  "    except OSError:\n        pass\n    s.close()\n")
+        sink.check_output("python3 -c %s", hammer)
+        exec(hammer, {})  # noqa: S102 - the same from the controller, on the MSP's (exempt) network
+        deadline = time.monotonic() + 30
+        while ssh_banner(sink, address):
+            assert time.monotonic() < deadline, "the mail sink still gets sshd's banner after 25 bad connections"
+            time.sleep(1)
+        if debian12:
+            assert sink_address in lab.check_output("fail2ban-client status sshd"), "not banned by fail2ban"
+        assert local_banner(address), "the MSP's network (exempt) was shut out too"
+        assert admin_gets_in(lab, lab_admin) == []
+    finally:
+        lab.run("fail2ban-client unban --all" if debian12 else "systemctl restart ssh")
+        back = converge(lab, request, "--tags", "system_baseline_ssh,system_baseline_firewall")
+        assert back.returncode == 0, back.stdout[-3000:]
 
 
 def test_a_wrong_ruleset_is_refused_before_loading(lab, mailsink, request):

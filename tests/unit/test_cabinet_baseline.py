@@ -14,7 +14,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 from cabinet_baseline import (firewall_allows, firewall_declaration_files, firewall_host_rules, firewall_names,
                               firewall_problems, firewall_resolve, listeners_not_covered, ssh_algorithm_problems,
-                              ssh_proof_argv, sshd_drift)
+                              integrity_exclude_problems, network_problems, ssh_proof_argv, sshd_drift)
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {"all": ["srv", "pc1", "pc2", "offsite"], "ups_server": ["srv"], "ups_clients": ["pc1", "pc2"],
@@ -257,3 +257,40 @@ def test_every_keyword_the_sshd_template_writes_is_refused_as_an_extra_setting()
     managed = yaml.safe_load((ROOT / "roles" / "system_baseline" / "vars" / "main.yml").read_text(encoding="utf-8"))
     assert written and written <= set(managed["__system_baseline_ssh_managed_keywords"]), \
         written - set(managed["__system_baseline_ssh_managed_keywords"])
+
+
+# ----------------------------------------------------------------------------- integrity_exclude_problems
+PROTECTED = ["/etc", "/usr", "/var/lib/dpkg"]
+KEPT_BELOW = ["/opt", "/var", "/var/lib"]
+
+
+@pytest.mark.parametrize("paths", [[], ["/srv/pacs", "/var/lib/postgresql", "/opt/app/cache", "/var/lib/dpkg-extra"]])
+def test_exclusions_an_msp_may_ask_for(paths):
+    assert integrity_exclude_problems(paths, PROTECTED, KEPT_BELOW) == []
+
+
+@pytest.mark.parametrize("paths, says", [
+    (["/etc"], "one of the system folders"),
+    (["/etc/ssh"], "under one of the system folders AIDE is for (/etc)"),
+    (["/var/lib/dpkg/info"], "under one"),
+    (["/var"], "would leave out /var"),
+    (["/var/lib"], "would leave out /var/lib"),
+    (["/"], "not a plain absolute path"),
+    (["/srv/pacs/"], "not a plain absolute path"),
+    (["/srv/pacs\n"], "not a plain absolute path"),
+    (["/srv/./pacs"], "not a plain absolute path"),
+    (["/srv/../etc"], "not a plain absolute path"),
+    ([7], "not a plain absolute path"),
+    ("/srv/pacs", "expected a list"),
+])
+def test_exclusions_that_would_blind_the_check_are_refused(paths, says):
+    problems = integrity_exclude_problems(paths, PROTECTED, KEPT_BELOW)
+    assert len(problems) == 1 and says in problems[0], problems
+
+
+def test_network_problems():
+    assert network_problems(["192.0.2.7", "192.0.2.0/24", "2001:db8::/32", "::1"]) == []
+    assert network_problems(["192.0.2.7/24"]) == ["'192.0.2.7/24': host bits set"]
+    assert network_problems(["msp.example", "", " 192.0.2.7", 7]) == [
+        f"{v!r}: not an address or a CIDR network" for v in ["msp.example", "", " 192.0.2.7", 7]]
+    assert network_problems("192.0.2.7") == ["expected a list of addresses or CIDR networks, got '192.0.2.7'"]

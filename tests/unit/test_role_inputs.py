@@ -89,7 +89,8 @@ GOOD["system_baseline"] = {**ALERTING, "system_baseline_firewall_ssh_sources": [
                            "system_baseline_kernel_ipv6_router_advertisements": controller_slaac(),
                            "system_baseline_firewall_extra_rules": [
                                {"name": "pacs", "port": 104, "proto": "tcp", "from": ["192.0.2.50"],
-                                "description": "the imaging device's DICOM sends"}]}
+                                "description": "the imaging device's DICOM sends"}],
+                           "system_baseline_integrity_exclude_paths": ["/srv/pacs", "/var/lib/docker", "/opt/logiciel_medical/cache.d"]}
 
 
 def _web(**site: object) -> dict:
@@ -319,12 +320,42 @@ CASES = [
     ("system_baseline", {"system_baseline_time_realert_hours": 0}, "system_baseline_time_realert_hours", "1 to 720"),
     ("system_baseline", {"system_baseline_time_enabled": "oui"}, "system_baseline_time_enabled", "not a valid boolean"),
     ("system_baseline", {"system_baseline_root_max_days": 9999}, "system_baseline_root_max_days", "30 to 365"),
+    ("system_baseline", {"system_baseline_integrity_check_time": "4:30"}, "system_baseline_integrity_check_time", "HH:MM"),
+    ("system_baseline", {"system_baseline_integrity_check_time": "04:30\n"}, "system_baseline_integrity_check_time", "HH:MM"),
+    ("system_baseline", {"system_baseline_integrity_check_time": "04:30\nExecStart=/bin/sh"},
+     "system_baseline_integrity_check_time", "HH:MM"),
+    ("system_baseline", {"system_baseline_integrity_realert_days": 0}, "system_baseline_integrity_realert_days", "1 to 90"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["var/lib/app"]}, "system_baseline_integrity_exclude_paths",
+     "not a plain absolute path"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/var/lib/../../etc"]},
+     "system_baseline_integrity_exclude_paths", "not a plain absolute path"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/opt/app data"]}, "system_baseline_integrity_exclude_paths",
+     "not a plain absolute path"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/srv/pacs\n"]}, "system_baseline_integrity_exclude_paths",
+     "not a plain absolute path"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/srv/pacs", "/etc"]}, "system_baseline_integrity_exclude_paths",
+     "system folders AIDE is for"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/etc/ssh"]}, "system_baseline_integrity_exclude_paths",
+     "under one of the system folders"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": ["/var"]}, "system_baseline_integrity_exclude_paths",
+     "would leave out /var"),
+    ("system_baseline", {"system_baseline_integrity_exclude_paths": "/srv/pacs"}, "system_baseline_integrity_exclude_paths",
+     "list"),
+    ("system_baseline", {"system_baseline_integrity_accept": True}, "system_baseline_integrity_accept", "alert id"),
+    ("system_baseline", {"system_baseline_integrity_accept": "yes"}, "system_baseline_integrity_accept", "alert id"),
     ("system_baseline", {"system_baseline_sudo_logfile": "/tmp/sudo.log"}, "system_baseline_sudo_logfile", "under /var/log"),
     ("system_baseline", {"system_baseline_sudo_logfile": "/var/log/../../etc/shadow"}, "system_baseline_sudo_logfile",
      "under /var/log"),
     ("system_baseline", {"system_baseline_su_group": "wheel users"}, "system_baseline_su_group", "a group name"),
     ("system_baseline", {"system_baseline_firewall_enabled": "oui"}, "system_baseline_firewall_enabled", "not a valid boolean"),
     ("system_baseline", {"system_baseline_ssh_revert_seconds": 5}, "system_baseline_ssh_revert_seconds", "30 to 3600"),
+    ("system_baseline", {"system_baseline_ssh_ban_enabled": "oui"}, "system_baseline_ssh_ban_enabled", "not a valid boolean"),
+    ("system_baseline", {"system_baseline_ssh_ban_after_failures": 1}, "system_baseline_ssh_ban_after_failures", "2 to 20"),
+    ("system_baseline", {"system_baseline_ssh_ban_find_minutes": 0}, "system_baseline_ssh_ban_find_minutes", "1 to 1440"),
+    ("system_baseline", {"system_baseline_ssh_ban_minutes": 20000}, "system_baseline_ssh_ban_minutes", "1 to 10080"),
+    ("system_baseline", {"system_baseline_ssh_ban_exempt": ["msp.example"]}, "system_baseline_ssh_ban_exempt",
+     "not an address or a CIDR network"),
+    ("system_baseline", {"system_baseline_ssh_ban_exempt": ["192.0.2.7/24"]}, "system_baseline_ssh_ban_exempt", "host bits set"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": []}, "system_baseline_firewall_ssh_sources", "or [any]"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": ["192.0.2.7/24"]}, "system_baseline_firewall_ssh_sources",
      "host bits set"),
@@ -545,8 +576,9 @@ def test_validation_table_matches_the_practice_playbooks():
     table = yaml.safe_load((PLAYBOOKS / "validate.yml").read_text(encoding="utf-8"))[0]["vars"]["__cabinet_role_groups"]
     for role, groups in table.items():
         entry = yaml.safe_load((PLAYBOOKS / f"{role}.yml").read_text(encoding="utf-8"))
-        assert [p.get("ansible.builtin.import_playbook") for p in entry] == ["validate.yml", f"practices/{role}.yml"], \
-            f"{role}.yml must validate, then apply the practice's plays"
+        # seal.yml, last, records the run's end for the integrity check (it changes no setting).
+        assert [p.get("ansible.builtin.import_playbook") for p in entry] == ["validate.yml", f"practices/{role}.yml", "seal.yml"], \
+            f"{role}.yml must validate, then apply the practice's plays, then seal"
         assert entry[0]["vars"]["cabinet_run_roles"] == [role]
         plays = yaml.safe_load((PLAYBOOKS / "practices" / f"{role}.yml").read_text(encoding="utf-8"))
         patterns = set()
@@ -559,7 +591,7 @@ def test_validation_table_matches_the_practice_playbooks():
     assert site[0].get("ansible.builtin.import_playbook") == "validate.yml"
     assert sorted(site[0]["vars"]["cabinet_run_roles"]) == sorted(table)
     # After the one validation, the practices' plays only: no second, skippable validation.
-    assert [p["ansible.builtin.import_playbook"] for p in site[1:]] == [f"practices/{r}.yml" for r in site[0]["vars"]["cabinet_run_roles"]]
+    assert [p["ansible.builtin.import_playbook"] for p in site[1:]] == [f"practices/{r}.yml" for r in site[0]["vars"]["cabinet_run_roles"]] + ["seal.yml"]
 
 
 def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None = None,
