@@ -501,3 +501,9 @@ def test_anything_that_stops_the_check_reaches_the_msp(integrity, tmp_path, monk
     assert host.run("check") == integrity.ALERTED
     assert [a[:2] for a in host.alerts] == [("critical", "File integrity check failed")]
     assert "UnicodeDecodeError" in host.alerts[0][2]
+
+
+def test_a_user_s_many_files_cannot_bury_a_system_change_in_the_alert(integrity):
+    lines = [f"added /var/www/{n:03} (a user other than root can change it)" for n in range(40)] + ["changed /etc/sudoers"]
+    shown = integrity.listed(integrity.by_weight(sorted(lines)))
+    assert shown.splitlines()[0] == "- changed /etc/sudoers"
