@@ -18,6 +18,7 @@ adds its own (system_baseline_firewall_extra_rules, which apply to the host they
 - integrity_exclude_problems(paths, protected, kept_below): what is wrong with the paths an
   inventory asks AIDE to leave out
 - network_problems(values): what is not an address or a CIDR network in a list
+- networks_only(values): the entries of a list that are addresses or CIDR networks
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ _GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _PROTOS = ("tcp", "udp")
 
 
+# Digits, dots, colons and a prefix length only: Python's ipaddress also takes an IPv6 zone
+# ("fe80::1%<anything>"), whose text would reach sshd's and fail2ban's files as it is.
+_ADDRESS_TEXT = re.compile(r"[0-9A-Fa-f.:]+(/[0-9]{1,3})?")
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if not isinstance(text, str) or not _ADDRESS_TEXT.fullmatch(text):
+        return None
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -44,6 +52,8 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 def _strict(text: str) -> bool:
     """A network written as it is (10.1.0.0/16), not an address with a mask (10.1.2.3/16),
     which ip_network would silently widen."""
+    if not isinstance(text, str) or not _ADDRESS_TEXT.fullmatch(text):
+        return False
     try:
         ipaddress.ip_network(text, strict=True)
         return True
@@ -347,6 +357,14 @@ def network_problems(values: object) -> list[str]:
     return problems
 
 
+def networks_only(values: object) -> list[str]:
+    """The entries of ``values`` that are addresses or CIDR networks written as they are
+    (the firewall's sources may also name groups, hosts or "any")."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        return []
+    return [v for v in values if isinstance(v, str) and _strict(v)]
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -362,4 +380,5 @@ class FilterModule:
             "ssh_proof_argv": ssh_proof_argv,
             "integrity_exclude_problems": integrity_exclude_problems,
             "network_problems": network_problems,
+            "networks_only": networks_only,
         }

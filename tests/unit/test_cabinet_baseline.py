@@ -294,3 +294,10 @@ def test_network_problems():
     assert network_problems(["msp.example", "", " 192.0.2.7", 7]) == [
         f"{v!r}: not an address or a CIDR network" for v in ["msp.example", "", " 192.0.2.7", 7]]
     assert network_problems("192.0.2.7") == ["expected a list of addresses or CIDR networks, got '192.0.2.7'"]
+
+
+@pytest.mark.parametrize("value", ["fe80::1%x\nAllowTcpForwarding yes", "fe80::1%a,b", "fe80::1%x y#z", "fe80::1%eth0"])
+def test_an_ipv6_zone_cannot_carry_text_into_sshd_or_fail2ban(value):
+    assert network_problems([value]) == [f"{value!r}: not an address or a CIDR network"]
+    rule = {"name": "ssh", "port": 22, "proto": "tcp", "from": [value], "open_on": "all", "declared_in": "x"}
+    assert firewall_problems([rule]), "the firewall's sources take it"

@@ -79,10 +79,11 @@ RUN = [(T0 + 1000, T0 + 2000)]
 
 
 def classify(integrity, report, ctimes, md5s=None, recorded=None, owned=frozenset(), owned_before=frozenset(),
-             controlled=lambda path: True, conffiles=frozenset(), left_out=lambda path: False, marks=None):
+             controlled=lambda path: True, conffiles=frozenset(), left_out=lambda path: False, marks=None, pending=None):
     return integrity.classify(report, ctime=ctimes.get, md5=(md5s or {}).get, recorded=recorded or {},
                               owned=set(owned), owned_before=set(owned_before), dpkg=DPKG, runs=RUN,
-                              controlled=controlled, conffiles=conffiles, left_out=left_out, marks=marks)
+                              controlled=controlled, conffiles=conffiles, left_out=left_out, marks=marks,
+                              pending=pending)
 
 
 def test_a_package_update_is_explained_when_the_content_is_the_package_s(integrity):
@@ -507,3 +508,46 @@ def test_a_user_s_many_files_cannot_bury_a_system_change_in_the_alert(integrity)
     lines = [f"added /var/www/{n:03} (a user other than root can change it)" for n in range(40)] + ["changed /etc/sudoers"]
     shown = integrity.listed(integrity.by_weight(sorted(lines)))
     assert shown.splitlines()[0] == "- changed /etc/sudoers"
+
+
+def test_a_change_alerted_before_is_not_taken_in_by_a_later_run(integrity, tmp_path, monkeypatch, capsys):
+    """Someone edits /etc/pam.d/su; the check alerts; the next run puts its own line back (the
+    file's ctime now in the run's window): still reported, with the same line, until the MSP
+    accepts it (the file changed again, so the alert id is a new one, and alerted)."""
+    host = Host(integrity, tmp_path, monkeypatch, {"/etc/pam.d/su": "f ... .C"})
+    assert host.run("accept") == 0
+    assert host.run("check") == integrity.ALERTED
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    token = integrity.begin_run()
+    host.file_ctime = integrity.time.time()  # the run touched the file
+    assert host.run("seal", token) == 0
+    assert host.run("check") == integrity.ALERTED
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["unexplained"] == first["unexplained"] and again["database"] == "kept", "the run took the change in"
+    assert again["alert_id"] != first["alert_id"] and len(host.alerts) == 2
+
+
+def test_the_alert_id_does_not_move_with_a_user_s_own_files(integrity):
+    report = {"changed": {"/etc/x": "f ... .C", "/var/www/y": "f ... .C"}}
+    first, again = [], []
+    user = lambda path: not path.startswith("/var/www")  # noqa: E731
+    classify(integrity, report, {"/etc/x": T0 + 3000, "/var/www/y": T0 + 3000}, controlled=user, marks=first)
+    classify(integrity, report, {"/etc/x": T0 + 3000, "/var/www/y": T0 + 9000}, controlled=user, marks=again)
+    assert first == again and len(first) == 1
+
+
+def test_a_truncated_rotated_dpkg_log_does_not_stop_the_check(integrity, tmp_path):
+    (tmp_path / "dpkg.log").write_text(f"{stamp(T0 + 1)} a\n", encoding="utf-8")
+    (tmp_path / "dpkg.log.2.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    assert len(integrity.read_dpkg_logs(str(tmp_path))) == 1
+
+
+def test_an_alerted_file_a_package_put_back_as_it_shipped_it_is_no_longer_pending(integrity):
+    report = {"changed": {"/usr/share/x/data": "f ... .C"}}
+    pending = {"/usr/share/x/data": "changed /usr/share/x/data (not the content its package installed)"}
+    explained, unexplained = classify(integrity, report, {"/usr/share/x/data": T0 + 200}, md5s={"/usr/share/x/data": "good"},
+                                      recorded={"/usr/share/x/data": {"good"}}, pending=pending)
+    assert unexplained == [] and explained == ["changed /usr/share/x/data (a package operation)"]
+    _, still = classify(integrity, report, {"/usr/share/x/data": T0 + 200}, md5s={"/usr/share/x/data": "evil"},
+                        recorded={"/usr/share/x/data": {"good"}}, pending=pending)
+    assert still == [pending["/usr/share/x/data"]]

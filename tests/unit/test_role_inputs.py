@@ -356,6 +356,8 @@ CASES = [
     ("system_baseline", {"system_baseline_ssh_ban_exempt": ["msp.example"]}, "system_baseline_ssh_ban_exempt",
      "not an address or a CIDR network"),
     ("system_baseline", {"system_baseline_ssh_ban_exempt": ["192.0.2.7/24"]}, "system_baseline_ssh_ban_exempt", "host bits set"),
+    ("system_baseline", {"system_baseline_ssh_ban_exempt": ["fe80::1%x\nAllowTcpForwarding yes"]}, "system_baseline_ssh_ban_exempt",
+     "not an address or a CIDR network"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": []}, "system_baseline_firewall_ssh_sources", "or [any]"),
     ("system_baseline", {"system_baseline_firewall_ssh_sources": ["192.0.2.7/24"]}, "system_baseline_firewall_ssh_sources",
      "host bits set"),
