@@ -25,11 +25,16 @@ case "${1:-up}" in
     pytest -p no:cacheprovider -q -rfE --ansible-inventory="$inventory" --ansible-log=build/demo-site.log tests/integration \
       > build/demo-audit.log 2>&1 || rc=$?
     sed -n '/per practice and host/,$p' build/demo-audit.log
+    echo "==> The ANSSI BP-028 scanner on demo-server (OpenSCAP, ComplianceAsCode's profiles with the"
+    echo "    tailoring explained in roles/system_baseline/README.md)"
+    scan=0
+    python3 scripts/anssi_scan.py demo-server || scan=$?
+    if [ "$scan" -ne 0 ] && [ "$rc" -eq 0 ]; then rc=$scan; fi
     echo "==> The demo practice's website: https://www.cabinet-demo.localhost:8443/ (a self-signed"
     echo "    certificate of the demo's: accept it once; refuse the banner in one click, then see the"
     echo "    legal pages in the footer). From another machine: ssh -L 8443:127.0.0.1:8443 this-machine"
     if [ "$rc" -ne 0 ]; then
-      echo "==> The audit found drift or errors (pytest exit $rc); details in build/demo-audit.log"
+      echo "==> The audit or the scanner found drift or errors (exit $rc); details in build/demo-audit.log and above"
       exit "$rc"
     fi
     ;;

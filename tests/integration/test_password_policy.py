@@ -116,6 +116,28 @@ def test_stacks_hold_the_modules(host, expect):
         assert "pam_pwhistory.so" not in password
 
 
+def test_every_session_gets_the_umask_of_login_defs(host, expect):
+    """pam_umask nousergroups, last of the session stacks: login.defs' UMASK as written for
+    every session, after Debian 13's own pam_umask (which turns 027 into 007 for accounts with
+    a group of their own name; the lab's SSH test covers such an account)."""
+    if not expect("password_policy_session_umask"):
+        not_applicable("session umask disabled in this inventory")
+    for stack in ("common-session", "common-session-noninteractive"):
+        lines = [l.split() for l in host.file(f"/etc/pam.d/{stack}").content_string.splitlines()
+                 if "pam_umask.so" in l and not l.lstrip().startswith("#")]
+        assert lines and lines[-1][2:] == ["pam_umask.so", "nousergroups"], (stack, lines)
+    wanted = next((l.split()[1] for l in host.file("/etc/login.defs").content_string.splitlines()
+                   if l.split()[:1] == ["UMASK"] and len(l.split()) > 1), None)
+    if wanted is None:
+        # Debian 13's login.defs sets none until system_baseline does: pam_umask then keeps the
+        # umask a session inherits, and there is no value to compare with.
+        not_applicable("/etc/login.defs sets no UMASK (system_baseline sets it)")
+    # A session through su (whose stack includes common-session), as nobody, read only: never
+    # a person's account (its session would count as use for the inactive-account check).
+    got = host.check_output("su --shell /bin/sh --command umask nobody")
+    assert int(got, 8) == int(wanted, 8), f"a session got {got}, login.defs says {wanted}"
+
+
 def test_lockout_rules(host, expect):
     if not expect("password_policy_faillock_enabled"):
         not_applicable("lockout disabled in this inventory")

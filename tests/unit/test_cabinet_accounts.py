@@ -1,0 +1,165 @@
+"""cabinet-accounts-check (role system_baseline, BP-028 R30): which people's accounts get locked,
+from which signs of use, and what a local user cannot make it believe."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import load_script
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "roles" / "system_baseline" / "files" / "usr" / "local" / "sbin" / "cabinet-accounts-check"
+DAY = 86400.0
+NOW = 2_000_000_000.0
+
+
+@pytest.fixture(scope="module")
+def check():
+    return load_script(SCRIPT)
+
+
+def entry(name: str, uid: int, shell: str = "/bin/bash") -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", uid, uid, "", f"/home/{name}", shell))
+
+
+def journal_line(message: str, when: float, uid: str = "0", cursor: str = "c") -> str:
+    return json.dumps({"MESSAGE": message, "_UID": uid, "__REALTIME_TIMESTAMP": str(int(when * 1e6)), "__CURSOR": cursor})
+
+
+def test_people_are_login_accounts_between_1000_and_59999(check):
+    entries = [entry("root", 0), entry("daemon", 1, "/usr/sbin/nologin"), entry("alice", 1000),
+               entry("svc", 1001, "/usr/sbin/nologin"), entry("nobody", 65534), entry("bob", 59999, "/bin/sh"),
+               entry("nouser", 2000, "/bin/false"), entry("high", 60000)]
+    assert check.people(entries) == ["alice", "bob"]
+
+
+def test_sessions_count_only_from_root_processes_and_people_services(check):
+    lines = [
+        journal_line("pam_unix(sshd:session): session opened for user alice(uid=1000) by (uid=0)", NOW - 10),
+        # A user writes the same words with logger(1): journald records the user's own _UID.
+        journal_line("pam_unix(sshd:session): session opened for user bob(uid=1001) by (uid=0)", NOW - 5, uid="1002"),
+        journal_line("pam_unix(cron:session): session opened for user carol(uid=1003) by (uid=0)", NOW - 4),
+        journal_line("pam_unix(systemd-user:session): session opened for user dave(uid=1004) by (uid=0)", NOW - 3),
+        journal_line("pam_unix(login:session): session opened for user erin(uid=1005) by LOGIN(uid=0)", NOW - 2),
+        journal_line("pam_unix(sshd:session): session closed for user frank", NOW - 1),
+        journal_line("something: pam_unix(sshd:session): session opened for user gina(uid=1006)", NOW - 1),
+        "not json", json.dumps(["a list"]),
+        journal_line("pam_unix(gdm-password:session): session opened for user alice(uid=1000)", NOW - 1, cursor="last"),
+    ]
+    sessions, cursor, first = check.parse_sessions(lines)
+    assert sessions == {"alice": NOW - 1, "erin": NOW - 2}
+    assert cursor == "last"
+    assert first == NOW - 10
+
+
+def shadow(changed_days_ago: float | None = None, expire_day: int | None = None) -> dict:
+    return {"changed": None if changed_days_ago is None else NOW - changed_days_ago * DAY, "expire_day": expire_day}
+
+
+def test_nobody_is_locked_before_the_check_itself_watched_the_days(check):
+    state: dict = {}
+    # A password changed years ago, no session: first sight now, nothing locked.
+    assert check.decide(NOW, ["alice"], {"alice": shadow(2000)}, {}, state, 90, set()) == ([], [])
+    assert state["first_seen"]["alice"] == NOW
+    assert check.decide(NOW + 89 * DAY, ["alice"], {"alice": shadow(2000)}, {}, state, 90, set()) == ([], [])
+    assert check.decide(NOW + 90 * DAY, ["alice"], {"alice": shadow(2000)}, {}, state, 90, set()) == (["alice"], [])
+
+
+def test_the_latest_sign_of_use_counts(check):
+    state = {"first_seen": {"a": NOW - 400 * DAY, "b": NOW - 400 * DAY, "c": NOW - 400 * DAY, "d": NOW - 400 * DAY}}
+    signs = {"a": [NOW - 10 * DAY], "b": [NOW - 100 * DAY, NOW - 95 * DAY]}
+    shadows = {"a": shadow(), "b": shadow(), "c": shadow(30), "d": shadow(200)}
+    to_lock, _ = check.decide(NOW, ["a", "b", "c", "d"], shadows, signs, state, 90, set())
+    assert to_lock == ["b", "d"]
+    assert state["last_active"]["b"] == NOW - 95 * DAY
+    # A sign kept from an earlier check still counts when no new one comes.
+    to_lock, _ = check.decide(NOW + 1, ["a"], {"a": shadow()}, {}, state, 90, set())
+    assert to_lock == []
+
+
+def test_exempt_and_already_expired_accounts_are_left_alone(check):
+    state = {"first_seen": {"admin": NOW - 400 * DAY, "gone": NOW - 400 * DAY}}
+    today = int(NOW // DAY)
+    to_lock, unlocked = check.decide(NOW, ["admin", "gone"], {"admin": shadow(), "gone": shadow(expire_day=today - 3)},
+                                     {}, state, 90, {"admin"})
+    assert (to_lock, unlocked) == ([], [])
+
+
+def test_an_unlock_by_the_admin_gives_the_days_again(check):
+    today = int(NOW // DAY)
+    state = {"first_seen": {"alice": NOW - 400 * DAY}, "last_active": {"alice": NOW - 300 * DAY},
+             "locked": {"alice": NOW - 10 * DAY}}
+    # Still expired: ours, nothing to do.
+    assert check.decide(NOW, ["alice"], {"alice": shadow(expire_day=1)}, {}, state, 90, set()) == ([], [])
+    # The admin cleared the expiry: seen as an unlock, a sign of use today.
+    assert check.decide(NOW, ["alice"], {"alice": shadow()}, {}, state, 90, set()) == ([], ["alice"])
+    assert "alice" not in state["locked"]
+    assert state["last_active"]["alice"] == NOW
+    assert check.decide(NOW + 89 * DAY, ["alice"], {"alice": shadow()}, {}, state, 90, set()) == ([], [])
+    assert check.decide(NOW + 90 * DAY, ["alice"], {"alice": shadow(expire_day=today + 1000)}, {}, state, 90, set()) \
+        == (["alice"], [])
+
+
+def test_damaged_or_future_state_never_makes_an_account_look_older(check):
+    state = {"first_seen": {"a": "yesterday", "b": NOW + 50 * DAY, "c": True}, "last_active": {"a": float("nan")},
+             "locked": []}
+    assert check.decide(NOW, ["a", "b", "c"], {}, {"a": [float("inf")]}, state, 1, set()) == ([], [])
+    assert state["first_seen"] == {"a": NOW, "b": NOW, "c": NOW}
+
+
+def test_accounts_gone_from_the_system_are_forgotten(check):
+    state = {"first_seen": {"a": NOW, "old": NOW}, "last_active": {"old": NOW}, "locked": {"old": NOW}}
+    check.decide(NOW, ["a"], {}, {}, state, 90, set())
+    assert "old" not in state["first_seen"] and "old" not in state["last_active"] and "old" not in state["locked"]
+
+
+def test_shadow_fields(check, tmp_path):
+    path = tmp_path / "shadow"
+    path.write_text("root:$y$x:19000:0:99999:7:::\nalice:!:20000:0:99999:7::1:\nbob:*:::::::\nbad line\n")
+    found = check.read_shadow(str(path))
+    assert found["root"] == {"changed": 19000 * DAY, "expire_day": None}
+    assert found["alice"] == {"changed": 20000 * DAY, "expire_day": 1}
+    assert found["bob"] == {"changed": None, "expire_day": None}
+    assert "bad line" not in found
+
+
+def test_lastlog_records_are_read_at_the_uid_offset(check, tmp_path, monkeypatch):
+    record = struct.Struct("=i32s256s")
+    data = bytearray(record.size * 1002)
+    record.pack_into(data, record.size * 1001, int(NOW - 5 * DAY), b"pts/0", b"10.0.0.1")
+    (tmp_path / "lastlog").write_bytes(bytes(data))
+    monkeypatch.setattr(check, "LASTLOG", str(tmp_path / "lastlog"))
+    monkeypatch.setattr(check, "LASTLOG2", str(tmp_path / "absent.db"))
+    assert check.lastlog_times({"alice": 1000, "bob": 1001, "far": 5000}) == {"bob": NOW - 5 * DAY}
+
+
+class FakeRun:
+    def __init__(self, results):
+        self.results = list(results)
+        self.calls = []
+
+    def __call__(self, argv, **_):
+        self.calls.append(argv)
+        code, out, err = self.results.pop(0)
+        return type("Done", (), {"returncode": code, "stdout": out, "stderr": err})()
+
+
+def test_a_journal_error_is_never_read_as_no_session(check, monkeypatch):
+    # A lost cursor: journalctl says so on stderr and exits 1; the previous check's time is used.
+    run = FakeRun([(1, "", "Failed to seek to cursor: Invalid argument"),
+                   (0, journal_line("pam_unix(sshd:session): session opened for user alice(uid=1000)", NOW, cursor="n"), "")])
+    monkeypatch.setattr(check.subprocess, "run", run)
+    assert check.journal_sessions("old", NOW - DAY) == ({"alice": NOW}, "n")
+    assert any(a.startswith("--after-cursor=old") for a in run.calls[0])
+    assert f"--since=@{int(NOW - DAY) - 60}" in run.calls[1]
+    # Both fail: an error, not "nobody logged in".
+    monkeypatch.setattr(check.subprocess, "run", FakeRun([(1, "", "bad cursor"), (1, "", "No journal files")]))
+    with pytest.raises(RuntimeError):
+        check.journal_sessions("old", NOW - DAY)
+    # Nothing matched: 1, silent.
+    monkeypatch.setattr(check.subprocess, "run", FakeRun([(1, "", "")]))
+    assert check.journal_sessions("old", NOW - DAY) == ({}, "old")
