@@ -221,6 +221,22 @@ def test_journal_is_persistent_and_bounded(host, expect):
 
 
 # ----------------------------------------------------------------------------- audit: time
+def test_logs_go_to_the_msps_log_host_over_tls(host, expect):
+    """R71: rsyslog running, the forwarding action over TLS with the peer's name checked, and
+    a configuration rsyslog itself accepts."""
+    if not expect("system_baseline_logging_enabled") or not expect("system_baseline_log_forwarding_enabled"):
+        not_applicable("log forwarding is off in this inventory")
+    assert host.service("rsyslog").is_running
+    conf = host.file("/etc/rsyslog.d/90-cabinet-forward.conf").content_string
+    assert f'target="{expect("system_baseline_log_host")}"' in conf
+    assert 'StreamDriver="gtls" StreamDriverMode="1" StreamDriverAuthMode="x509/name"' in conf
+    peer = expect("system_baseline_log_peer_name") or expect("system_baseline_log_host")
+    assert f'StreamDriverPermittedPeers="{peer}"' in conf
+    assert 'queue.saveOnShutdown="on"' in conf and 'action.resumeRetryCount="-1"' in conf
+    checked = host.run("rsyslogd -N1")
+    assert checked.rc == 0, checked.stderr
+
+
 def installed(host, package: str) -> bool:
     """Present in any state but removed (held or half-configured count), as the role reads it."""
     state = host.run(f"dpkg-query --show --showformat='${{db:Status-Status}}' {package}").stdout.strip()
@@ -840,17 +856,52 @@ def test_a_package_file_changed_by_hand_reaches_the_msp(lab, expect, mailsink, r
     assert "ALERT [info] Package files match their packages again" in back, back
 
 
+# ----------------------------------------------------------------------------- lab: log forwarding
+def test_logs_reach_the_log_host_and_none_is_lost_while_it_is_away(lab, mailsink, expect, request):
+    """A line logged on the host reaches the MSP's log host (the lab's sink, over TLS). On the
+    Debian 12 host, the log host is then stopped: a line logged meanwhile waits in rsyslog's
+    queue and arrives once it is back. (The hosts' tests run side by side and share the sink,
+    so one of them stops it; the other's lines arrive late at worst.)"""
+    if not expect("system_baseline_logging_enabled") or not expect("system_baseline_log_forwarding_enabled"):
+        not_applicable("log forwarding is off in this inventory")
+    marker = f"cabinet-lab-{lab.inventory_name}-{time.time_ns()}"
+
+    def received(text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if text in mailsink.host.run("cat /var/log/logsink/received.log").stdout:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+
+    lab.check_output(f"logger -t cabinet-lab {marker}-1")
+    assert received(f"{marker}-1", 120), "a line logged on the host never reached the log host"
+    if lab.system_info.release.split(".")[0] != "12":
+        return
+    request.addfinalizer(lambda: mailsink.host.run("systemctl start logsink"))
+    mailsink.host.check_output("systemctl stop logsink")
+    lab.check_output(f"logger -t cabinet-lab {marker}-2")
+    time.sleep(5)
+    lab.check_output(f"logger -t cabinet-lab {marker}-3")
+    assert not received(f"{marker}-2", 0), "the log host received a line while stopped"
+    mailsink.host.check_output("systemctl start logsink")
+    assert received(f"{marker}-2", 120) and received(f"{marker}-3", 30), \
+        "lines logged while the log host was away were lost"
+
+
 # ----------------------------------------------------------------------------- lab: inactive accounts
 def shadow_expire(lab, name: str) -> str:
     return lab.check_output(f"getent shadow {name}").split(":")[7]
 
 
-def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, expect, mailsink, request):
+def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, expect, mailsink, integrity, request):
     """Four people's accounts the check has watched (its state says so) for one day more than
     the setting, passwords set long ago: one opened a session since (kept), one is exempt
     (kept), one never logged in (locked), and one a local user made look used by writing the
     sshd session line into the journal himself (locked: only root's lines count). One alert
-    names the two; the next check says nothing more; an admin's unlock holds."""
+    names the two; the lock's change of /etc/shadow is explained to the integrity check as the
+    toolkit's; the next check says nothing more; an admin's unlock holds."""
     if not expect("system_baseline_accounts_enabled") or not expect("system_baseline_inactive_enabled"):
         not_applicable("inactive-account check disabled in this inventory")
     days = expect("system_baseline_inactive_days")
@@ -873,6 +924,8 @@ def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, exp
     lab.check_output(f"runuser -u nobody -- logger -t sshd {shlex.quote(forged)}")
     time.sleep(1)  # journald has the lines before the check reads them
     before = len(mailsink.alerts(mail_host, ROLE, "without use"))
+    # The accounts made above are the test's own changes: taken, so that what follows is the lock's.
+    assert lab.run("cabinet-integrity accept").rc == 0
 
     said = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
     assert "ALERT [warning] Accounts locked after" in said, said
@@ -884,6 +937,9 @@ def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, exp
     alert = mailsink.wait_alert(mail_host, ROLE, "without use", before=before)
     assert "cab-dormant" in alert["body"] and "cab-forged" in alert["body"], alert["body"]
     assert "cab-recent" not in alert["body"] and "cab-keep" not in alert["body"], alert["body"]
+    found = integrity()
+    assert "changed /etc/shadow (a cabinet-hardening run)" in found["explained"], found
+    assert not any("/etc/shadow" in line for line in found["unexplained"]), found["unexplained"]
 
     again = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
     assert "ALERT" not in again, again
@@ -908,42 +964,35 @@ dpkg --install /root/{name}.deb >/dev/null; rm -f /root/{name}.deb"""
     lab.check_output(f"bash -c {shlex.quote(script)}")
 
 
-def test_unneeded_packages_are_purged_unless_others_depend_on_them(lab, expect, request):
-    """A listed package (tftp-hpa) is purged; installed again with a package that depends on it,
-    the run stops before any change and names that package, and both stay."""
+def test_unneeded_packages_purged_services_masked_and_a_removal_that_takes_others_refused(lab, expect, request):
+    """A listed package (tftp-hpa) is purged, and a listed service (cups-browsed, as its package
+    installs it: a unit under /usr/lib, running) is stopped and masked, a start refused. Then
+    tftp-hpa again, with a package that depends on it: the run stops before any change, naming
+    that package, and both stay."""
     if not expect("system_baseline_packages_enabled"):
         not_applicable("packages part disabled in this inventory")
     assert "tftp-hpa" in expect("system_baseline_packages_absent")
+    assert "cups-browsed.service" in expect("system_baseline_services_masked")
+    unit = "/usr/lib/systemd/system/cups-browsed.service"
     request.addfinalizer(lambda: lab.run("dpkg --purge cabinet-lab-needs-tftp tftp-hpa"))
+    request.addfinalizer(lambda: lab.run(f"systemctl unmask cups-browsed.service; systemctl stop cups-browsed.service; "
+                                         f"rm -f {unit}; systemctl daemon-reload"))
     build_package(lab, "tftp-hpa")
-    purged = converge(lab, request, "--tags", "system_baseline_packages")
-    assert purged.returncode == 0, purged.stdout[-3000:]
+    lab.check_output(f"printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > {unit} && systemctl daemon-reload "
+                     "&& systemctl start cups-browsed.service")
+    done = converge(lab, request, "--tags", "system_baseline_packages")
+    assert done.returncode == 0, done.stdout[-3000:]
     assert not installed(lab, "tftp-hpa")
+    assert lab.run("systemctl is-enabled cups-browsed.service").stdout.strip() == "masked"
+    assert lab.run("systemctl is-active cups-browsed.service").stdout.strip() != "active"
+    assert lab.run("systemctl start cups-browsed.service").rc != 0
 
     build_package(lab, "tftp-hpa")
     build_package(lab, "cabinet-lab-needs-tftp", depends="tftp-hpa")
     refused = converge(lab, request, "--tags", "system_baseline_packages")
     assert refused.returncode != 0
-    assert "purging tftp-hpa would also remove cabinet-lab-needs-tftp" in refused.stdout, refused.stdout[-3000:]
+    assert "purging tftp-hpa would also remove or install cabinet-lab-needs-tftp" in refused.stdout, refused.stdout[-3000:]
     assert installed(lab, "tftp-hpa") and installed(lab, "cabinet-lab-needs-tftp")
-
-
-def test_a_listed_service_is_stopped_and_masked(lab, expect, request):
-    """cups-browsed, as its package installs it (a unit under /usr/lib), running: masked and
-    stopped by the run, and a start refused."""
-    if not expect("system_baseline_packages_enabled"):
-        not_applicable("packages part disabled in this inventory")
-    assert "cups-browsed.service" in expect("system_baseline_services_masked")
-    unit = "/usr/lib/systemd/system/cups-browsed.service"
-    request.addfinalizer(lambda: lab.run(f"systemctl unmask cups-browsed.service; systemctl stop cups-browsed.service; "
-                                         f"rm -f {unit}; systemctl daemon-reload"))
-    lab.check_output(f"printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > {unit} && systemctl daemon-reload "
-                     "&& systemctl start cups-browsed.service")
-    done = converge(lab, request, "--tags", "system_baseline_packages")
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert lab.run("systemctl is-enabled cups-browsed.service").stdout.strip() == "masked"
-    assert lab.run("systemctl is-active cups-browsed.service").stdout.strip() != "active"
-    assert lab.run("systemctl start cups-browsed.service").rc != 0
 
 
 # ----------------------------------------------------------------------------- lab: runs as the MSP's admin

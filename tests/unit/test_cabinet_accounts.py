@@ -26,8 +26,9 @@ def entry(name: str, uid: int, shell: str = "/bin/bash") -> pwd.struct_passwd:
     return pwd.struct_passwd((name, "x", uid, uid, "", f"/home/{name}", shell))
 
 
-def journal_line(message: str, when: float, uid: str = "0", cursor: str = "c") -> str:
-    return json.dumps({"MESSAGE": message, "_UID": uid, "__REALTIME_TIMESTAMP": str(int(when * 1e6)), "__CURSOR": cursor})
+def journal_line(message: str, when: float, uid: str = "0", cursor: str = "c", transport: str = "syslog") -> str:
+    return json.dumps({"MESSAGE": message, "_UID": uid, "_TRANSPORT": transport,
+                       "__REALTIME_TIMESTAMP": str(int(when * 1e6)), "__CURSOR": cursor})
 
 
 def test_people_are_login_accounts_between_1000_and_59999(check):
@@ -47,11 +48,15 @@ def test_sessions_count_only_from_root_processes_and_people_services(check):
         journal_line("pam_unix(login:session): session opened for user erin(uid=1005) by LOGIN(uid=0)", NOW - 2),
         journal_line("pam_unix(sshd:session): session closed for user frank", NOW - 1),
         journal_line("something: pam_unix(sshd:session): session opened for user gina(uid=1006)", NOW - 1),
+        # A root service that prints a line a user chose (its standard output): not syslog.
+        journal_line("pam_unix(sshd:session): session opened for user hank(uid=1007)", NOW - 1, transport="stdout"),
+        # Capitals: an account name Debian's useradd and GNOME accept.
+        journal_line("pam_unix(gdm-password:session): session opened for user Marie(uid=1008)", NOW - 1),
         "not json", json.dumps(["a list"]),
         journal_line("pam_unix(gdm-password:session): session opened for user alice(uid=1000)", NOW - 1, cursor="last"),
     ]
     sessions, cursor, first = check.parse_sessions(lines)
-    assert sessions == {"alice": NOW - 1, "erin": NOW - 2}
+    assert sessions == {"alice": NOW - 1, "erin": NOW - 2, "Marie": NOW - 1}
     assert cursor == "last"
     assert first == NOW - 10
 
@@ -163,3 +168,33 @@ def test_a_journal_error_is_never_read_as_no_session(check, monkeypatch):
     # Nothing matched: 1, silent.
     monkeypatch.setattr(check.subprocess, "run", FakeRun([(1, "", "")]))
     assert check.journal_sessions("old", NOW - DAY) == ({}, "old")
+
+
+def test_time_the_check_did_not_watch_is_not_counted(check):
+    """A workstation off for months, or a clock that jumped: the check missed the sessions."""
+    assert not check.not_watched(None, NOW)
+    assert not check.not_watched(NOW - DAY, NOW)
+    assert check.not_watched(NOW - 3 * DAY, NOW)
+    assert check.not_watched(NOW + 60, NOW), "a clock set back"
+
+
+def test_every_account_at_once_is_never_locked(check):
+    assert check.mass_lock(["a", "b"], ["a", "b"])
+    assert check.mass_lock(["a", "b", "c"], ["a", "b"])
+    assert not check.mass_lock(["a"], ["a"]), "one account alone (a one-person practice) is locked"
+    assert not check.mass_lock(["a", "b"], ["a", "b", "c"])
+
+
+def test_open_sessions_and_own_jobs_are_use_now(check, tmp_path, monkeypatch):
+    """A screen-locked session opens nothing new for months; an account that runs the practice's
+    dumps from its crontab or lingering services is in use (and cron refuses an expired one)."""
+    outputs = {"loginctl": "1000 alice\n1003 carol no active\n", "who": "bob      pts/0  2026-01-01 10:00\n"}
+    monkeypatch.setattr(check.subprocess, "run", lambda argv, **_: type(
+        "Done", (), {"returncode": 0, "stdout": outputs[argv[0]], "stderr": ""})())
+    spool, linger = tmp_path / "crontabs", tmp_path / "linger"
+    spool.mkdir()
+    linger.mkdir()
+    (spool / "dave").write_text("0 2 * * * dump\n")
+    (linger / "erin").write_text("")
+    found = check.in_use_now(["alice", "bob", "carol", "dave", "erin", "frank"], spool=str(spool), linger=str(linger))
+    assert found == {"alice", "bob", "carol", "dave", "erin"}

@@ -30,10 +30,13 @@ def test_debsums_lines_are_read_and_anything_else_kept_apart(verify):
     output = ("debsums: changed file /usr/bin/which.debianutils (from debianutils package)\n"
               "debsums: missing file /usr/share/doc/x/README (from x package)\n"
               "debsums: no md5sums for foo\n\n"
+              "debsums: can't check /usr/bin/tool (from tool package): not a regular file\n"
+              "something else\n"
               "debsums: changed file /usr/bin/which.debianutils (from debianutils package)\n")
     found, other = verify.parse(output)
-    assert found == ["changed /usr/bin/which.debianutils (debianutils)", "missing /usr/share/doc/x/README (x)"]
-    assert other == ["debsums: no md5sums for foo"]
+    assert found == ["can't check /usr/bin/tool (from tool package): not a regular file",
+                     "changed /usr/bin/which.debianutils (debianutils)", "missing /usr/share/doc/x/README (x)"]
+    assert other == ["debsums: no md5sums for foo", "something else"]
 
 
 def run(code: int, out: str = "", err: str = ""):
@@ -44,8 +47,8 @@ def test_a_failure_of_debsums_is_never_all_match(verify, monkeypatch):
     monkeypatch.setattr(verify.subprocess, "run", run(1, err="debsums: can't open status file"))
     with pytest.raises(RuntimeError):
         verify.verify()
-    # 2 ("some file differs") without a difference in its usual words: not understood, a failure.
-    monkeypatch.setattr(verify.subprocess, "run", run(2, err="debsums: something new"))
+    # 2 ("some file differs") without a line of debsums' own: not understood, a failure.
+    monkeypatch.setattr(verify.subprocess, "run", run(2, err="Segmentation fault"))
     with pytest.raises(RuntimeError):
         verify.verify()
     monkeypatch.setattr(verify.subprocess, "run", run(0))
