@@ -171,11 +171,40 @@ def test_a_journal_error_is_never_read_as_no_session(check, monkeypatch):
 
 
 def test_time_the_check_did_not_watch_is_not_counted(check):
-    """A workstation off for months, or a clock that jumped: the check missed the sessions."""
+    """A workstation off at weekends or for months, or a clock that jumped: the check missed
+    the sessions, so those days do not count (the dates move forward by them)."""
     assert not check.not_watched(None, NOW)
     assert not check.not_watched(NOW - DAY, NOW)
     assert check.not_watched(NOW - 3 * DAY, NOW)
     assert check.not_watched(NOW + 60, NOW), "a clock set back"
+    state = {"first_seen": {"a": NOW - 10 * DAY, "b": "bad"}, "last_active": {"a": NOW - 5 * DAY}}
+    check.pause(state, 3 * DAY)
+    assert state == {"first_seen": {"a": NOW - 7 * DAY, "b": "bad"}, "last_active": {"a": NOW - 2 * DAY}}
+
+
+def test_a_workstation_off_at_weekends_still_locks_after_90_watched_days(check):
+    """Checks on weekdays only (the machine off from Friday evening to Monday): an account
+    nobody uses is locked after 90 days the check watched, and one used every Monday never."""
+    state: dict = {}
+    last_run = None
+    locked_on = None
+    for n in range(400):
+        now = NOW + n * DAY
+        if (n % 7) in (5, 6):
+            continue  # the weekend: off
+        if check.not_watched(last_run, now):
+            check.pause(state, now - last_run - DAY)
+        signs = {"used": [now]} if n % 7 == 0 else {}
+        to_lock, _ = check.decide(now, ["idle", "used"], {"idle": shadow(3000), "used": shadow(3000)}, signs,
+                                  state, 90, set())
+        last_run = now
+        if to_lock:
+            assert to_lock == ["idle"], to_lock
+            locked_on = n
+            break
+    assert locked_on is not None, "never locked: the weekends reset the count"
+    # 90 checks, five a week: about 126 calendar days.
+    assert 120 <= locked_on <= 132, locked_on
 
 
 def test_every_account_at_once_is_never_locked(check):
@@ -185,16 +214,17 @@ def test_every_account_at_once_is_never_locked(check):
     assert not check.mass_lock(["a", "b"], ["a", "b", "c"])
 
 
-def test_open_sessions_and_own_jobs_are_use_now(check, tmp_path, monkeypatch):
-    """A screen-locked session opens nothing new for months; an account that runs the practice's
-    dumps from its crontab or lingering services is in use (and cron refuses an expired one)."""
-    outputs = {"loginctl": "1000 alice\n1003 carol no active\n", "who": "bob      pts/0  2026-01-01 10:00\n"}
+def test_only_open_sessions_are_use_now_and_jobs_are_named_not_use(check, tmp_path, monkeypatch):
+    """A screen-locked session (logind: active or online) is use now; a closing one (a process
+    left behind) is not. A crontab or lingering services, which any user can make, are no use:
+    those accounts are found, to be named to the MSP instead of locked."""
+    states = {"alice": "active\n", "bob": "online\n", "carol": "closing\n"}
     monkeypatch.setattr(check.subprocess, "run", lambda argv, **_: type(
-        "Done", (), {"returncode": 0, "stdout": outputs[argv[0]], "stderr": ""})())
+        "Done", (), {"returncode": 0 if argv[-1] in states else 1, "stdout": states.get(argv[-1], ""), "stderr": ""})())
+    assert check.in_session_now(["alice", "bob", "carol", "dave"]) == {"alice", "bob"}
     spool, linger = tmp_path / "crontabs", tmp_path / "linger"
     spool.mkdir()
     linger.mkdir()
     (spool / "dave").write_text("0 2 * * * dump\n")
     (linger / "erin").write_text("")
-    found = check.in_use_now(["alice", "bob", "carol", "dave", "erin", "frank"], spool=str(spool), linger=str(linger))
-    assert found == {"alice", "bob", "carol", "dave", "erin"}
+    assert check.running_jobs(["dave", "erin", "frank"], spool=str(spool), linger=str(linger)) == {"dave", "erin"}

@@ -47,10 +47,13 @@ def test_a_failure_of_debsums_is_never_all_match(verify, monkeypatch):
     monkeypatch.setattr(verify.subprocess, "run", run(1, err="debsums: can't open status file"))
     with pytest.raises(RuntimeError):
         verify.verify()
-    # 2 ("some file differs") without a line of debsums' own: not understood, a failure.
-    monkeypatch.setattr(verify.subprocess, "run", run(2, err="Segmentation fault"))
+    # 2 without a word: not understood, a failure.
+    monkeypatch.setattr(verify.subprocess, "run", run(2))
     with pytest.raises(RuntimeError):
         verify.verify()
+    # 2 with words of another form than "debsums: ...": they are what differs, named.
+    monkeypatch.setattr(verify.subprocess, "run", run(2, err="/var/lib/dpkg/info/tool.md5sums is empty\n"))
+    assert verify.verify() == (["/var/lib/dpkg/info/tool.md5sums is empty"], [])
     monkeypatch.setattr(verify.subprocess, "run", run(0))
     assert verify.verify() == ([], [])
 
