@@ -133,8 +133,9 @@ def test_every_session_gets_the_umask_of_login_defs(host, expect):
         # umask a session inherits, and there is no value to compare with.
         not_applicable("/etc/login.defs sets no UMASK (system_baseline sets it)")
     # A session through su (whose stack includes common-session), as nobody, read only: never
-    # a person's account (its session would count as use for the inactive-account check).
-    got = host.check_output("su --shell /bin/sh --command umask nobody")
+    # a person's account (its session would count as use for the inactive-account check). It
+    # starts from 0077, so the umask it ends with is pam_umask's, not one it inherited.
+    got = host.check_output("sh -c 'umask 0077; exec su --shell /bin/sh --command umask nobody'")
     assert int(got, 8) == int(wanted, 8), f"a session got {got}, login.defs says {wanted}"
 
 

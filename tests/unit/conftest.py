@@ -16,6 +16,16 @@ sys.path.insert(0, str(ROOT / "filter_plugins"))
 sys.path.insert(0, str(ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "lib" / "cabinet"))
 
 
+class Clock:
+    """A clock the tests move by hand (the scripts' State and decisions take one)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def load_script(path: str | Path, name: str | None = None) -> types.ModuleType:
     """Import a script such as roles/antivirus/files/usr/local/sbin/cabinet-av as a module."""
     name = name or Path(path).name.replace("-", "_")

@@ -228,3 +228,29 @@ def test_only_open_sessions_are_use_now_and_jobs_are_named_not_use(check, tmp_pa
     (spool / "dave").write_text("0 2 * * * dump\n")
     (linger / "erin").write_text("")
     assert check.running_jobs(["dave", "erin", "frank"], spool=str(spool), linger=str(linger)) == {"dave", "erin"}
+
+
+def test_the_locks_run_in_an_integrity_window_where_there_is_one(check, monkeypatch, tmp_path):
+    """begin gives the token seal is called with; no integrity check installed, or a begin that
+    fails or prints something else, gives no window (the locks still happen, and the integrity
+    check then reports /etc/shadow: loud, not hidden)."""
+    calls = []
+    tool = tmp_path / "cabinet-integrity"
+    monkeypatch.setattr(check, "INTEGRITY", str(tool))
+    assert check.integrity_window("begin") is None, "no integrity check installed"
+    tool.write_text("")
+
+    def run(out: str, code: int = 0):
+        def fake(argv, **_):
+            calls.append(argv)
+            return type("Done", (), {"returncode": code, "stdout": out, "stderr": ""})()
+        return fake
+
+    monkeypatch.setattr(check.subprocess, "run", run('{"run": "1234"}\n'))
+    assert check.integrity_window("begin") == "1234"
+    check.integrity_window("seal", "1234")
+    assert calls == [[str(tool), "begin"], [str(tool), "seal", "1234"]]
+    monkeypatch.setattr(check.subprocess, "run", run("not json"))
+    assert check.integrity_window("begin") is None
+    monkeypatch.setattr(check.subprocess, "run", run("", code=1))
+    assert check.integrity_window("begin") is None

@@ -12,19 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Clock
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "lib" / "cabinet"))
 
 import cabinet_common as cc  # noqa: E402
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_state_realerts_only_after_the_period(tmp_path):

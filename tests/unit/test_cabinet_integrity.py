@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import Clock, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "roles" / "system_baseline" / "files" / "usr" / "local" / "sbin" / "cabinet-integrity"
@@ -23,14 +23,6 @@ def integrity():
 def stamp(epoch: float) -> str:
     """A dpkg.log line's time for ``epoch`` (dpkg writes the host's local time)."""
     return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # ------------------------------------------------------------------------- dpkg's windows
@@ -225,7 +217,7 @@ def test_the_same_file_changed_again_is_a_new_alert_id(integrity):
 
 # ------------------------------------------------------------------------- runs
 def test_a_run_s_window_runs_from_begin_to_seal(integrity, tmp_path):
-    clock = Clock()
+    clock = Clock(T0)
     token = integrity.begin_run(str(tmp_path / "runs"), clock=clock)
     clock.now += 120
     assert integrity.run_windows(str(tmp_path / "runs"), clock=clock) == [(token, T0, T0 + 120, False)]
@@ -237,14 +229,14 @@ def test_a_run_s_window_runs_from_begin_to_seal(integrity, tmp_path):
 
 
 def test_a_run_that_never_sealed_explains_max_run_seconds_at_most(integrity, tmp_path):
-    clock = Clock()
+    clock = Clock(T0)
     token = integrity.begin_run(str(tmp_path), clock=clock)
     clock.now += 10 * integrity.MAX_RUN
     assert integrity.run_windows(str(tmp_path), clock=clock) == [(token, T0, T0 + integrity.MAX_RUN, False)]
 
 
 def test_the_database_moving_forward_forgets_ended_runs_only(integrity, tmp_path):
-    clock = Clock()
+    clock = Clock(T0)
     ended = integrity.begin_run(str(tmp_path), clock=clock)
     clock.now += 10
     integrity.seal_run(ended, str(tmp_path), clock=clock)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import Clock, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "roles" / "system_baseline" / "files" / "usr" / "local" / "sbin" / "cabinet-packages-verify"
@@ -16,14 +16,6 @@ DAY = 86400.0
 @pytest.fixture(scope="module")
 def verify():
     return load_script(SCRIPT)
-
-
-class Clock:
-    def __init__(self, now: float = 2_000_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_debsums_lines_are_read_and_anything_else_kept_apart(verify):
@@ -59,7 +51,7 @@ def test_a_failure_of_debsums_is_never_all_match(verify, monkeypatch):
 
 
 def test_alerted_at_once_for_a_new_list_then_every_period_and_when_it_clears(verify, tmp_path):
-    clock = Clock()
+    clock = Clock(2_000_000_000.0)
     state = verify.State(tmp_path / "state.json", 7 * DAY, clock=clock)
     assert verify.decide([], state) is None
     one = ["changed /usr/bin/a (p)"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+from conftest import Clock, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "roles" / "system_baseline" / "files" / "usr" / "local" / "sbin" / "cabinet-time-check"
@@ -16,14 +16,6 @@ HOUR = 3600.0
 @pytest.fixture(scope="module")
 def check():
     return load_script(SCRIPT)
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def state(check, tmp_path, clock, realert=24 * HOUR):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ansible_env, load_script
+from conftest import Clock, ansible_env, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "auto_updates"
@@ -66,14 +66,6 @@ LAB_POLICY = textwrap.dedent("""\
 
 
 # ----------------------------------------------------------------------------- fixtures
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture()
 def alerts(monkeypatch):
     """Alerts raised through cabinet_common.alert, recorded instead of sent."""
@@ -182,7 +174,7 @@ def test_a_security_source_pinned_away_does_not_count():
 
 
 def test_missing_security_source_alerts_once_per_period_and_again_after_its_return(conf, alerts):
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     state = cu.open_state(conf, clock=clock)
     cu.check_security_source(conf, state, NO_SECURITY_POLICY, "bookworm")
     assert len(alerts) == 1 and alerts[0]["severity"] == "critical"
@@ -313,7 +305,7 @@ def test_zero_grace_alerts_at_the_first_check(conf, alerts, reboot_files):
 
 # ----------------------------------------------------------------------------- re-alert timing
 def test_raise_alert_repeats_after_the_period_and_every_hours_overrides_it(conf, alerts):
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     state = cu.open_state(conf, clock=clock)
     assert cu.raise_alert(conf, state, "k", "warning", "t", "d")
     assert not cu.raise_alert(conf, state, "k", "warning", "t", "d")

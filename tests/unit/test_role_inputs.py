@@ -103,6 +103,10 @@ UPS_SECONDARY = {"ups_monitoring_secondary_password": "Jm6^tC1!xV9@sG5*yN8"}
 UPS_NETSERVER = {"ups_monitoring_mode": "netserver", "ups_monitoring_listen_addresses": ["192.0.2.10"], **UPS_SECONDARY}
 UPS_NETCLIENT = {"ups_monitoring_mode": "netclient", "ups_monitoring_server": "srv-tilleuls", **UPS_SECONDARY}
 
+# Log forwarding on, with a log host and a certificate of the right shape: each case below
+# changes one thing.
+LOG_ON = {"system_baseline_log_forwarding_enabled": True, "system_baseline_log_host": "logs.msp.example",
+          "system_baseline_log_ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"}
 CASES = [
     # role, overrides (None removes the variable), variable named, words expected
     ("alerting", {"alerting_msp_address": None}, "alerting_msp_address", "required"),
@@ -360,23 +364,15 @@ CASES = [
      "systemd unit names"),
     ("system_baseline", {"system_baseline_inactive_days": 7}, "system_baseline_inactive_days", "30 to 3650"),
     ("system_baseline", {"system_baseline_log_forwarding_enabled": True}, "system_baseline_log_host", "log host"),
-    ("system_baseline", {"system_baseline_log_forwarding_enabled": True, "system_baseline_log_host": 'logs" port="1',
-                         "system_baseline_log_ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"},
-     "system_baseline_log_host", "log host"),
-    ("system_baseline", {"system_baseline_log_forwarding_enabled": True, "system_baseline_log_host": "logs.msp.example",
-                         "system_baseline_log_ca_cert": "not a certificate"}, "system_baseline_log_ca_cert", "PEM"),
+    ("system_baseline", {**LOG_ON, "system_baseline_log_host": 'logs" port="1'}, "system_baseline_log_host", "log host"),
+    ("system_baseline", {**LOG_ON, "system_baseline_log_ca_cert": "not a certificate"}, "system_baseline_log_ca_cert", "PEM"),
     ("system_baseline", {"system_baseline_log_port": 0}, "system_baseline_log_port", "1 to 65535"),
-    ("system_baseline", {"system_baseline_log_forwarding_enabled": True, "system_baseline_log_host": "192.0.2.20",
-                         "system_baseline_log_ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"},
-     "system_baseline_log_peer_name", "given by its address"),
-    ("system_baseline", {"system_baseline_log_forwarding_enabled": True, "system_baseline_log_host": "logs.msp.example",
-                         "system_baseline_log_peer_name": "*.msp.example",
-                         "system_baseline_log_ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"},
-     "system_baseline_log_peer_name", "log host certificate"),
-    ("system_baseline", {"system_baseline_log_forwarding_enabled": True, "system_baseline_logging_enabled": False,
-                         "system_baseline_log_host": "logs.msp.example",
-                         "system_baseline_log_ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"},
-     "system_baseline_log_forwarding_enabled", "logging part"),
+    ("system_baseline", {**LOG_ON, "system_baseline_log_host": "192.0.2.20"}, "system_baseline_log_peer_name",
+     "given by its address"),
+    ("system_baseline", {**LOG_ON, "system_baseline_log_peer_name": "*.msp.example"}, "system_baseline_log_peer_name",
+     "log host certificate"),
+    ("system_baseline", {**LOG_ON, "system_baseline_logging_enabled": False}, "system_baseline_log_forwarding_enabled",
+     "logging part"),
     ("system_baseline", {"system_baseline_services_masked": ["postfix@-.service"]}, "system_baseline_services_masked",
      "cannot be masked"),
     ("system_baseline", {"system_baseline_packages_absent": ["linux-image-amd64"]}, "system_baseline_packages_absent",
