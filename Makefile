@@ -28,7 +28,7 @@ export ANSIBLE_NOCOLOR := 1
 STRATEGY_PLUGINS := $(abspath scripts/strategy_plugins)
 WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && $(PY) -c 'import ansible_mitogen' 2>/dev/null; then export ANSIBLE_STRATEGY_PLUGINS="$(STRATEGY_PLUGINS)" ANSIBLE_STRATEGY=cabinet_mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
-.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean clean
+.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean report clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -85,6 +85,15 @@ test: setup checks molecule ## The whole test suite (what CI runs)
 
 demo: setup ## Start the demo practice, apply playbooks/site.yml, print the audit
 	@$(WITH_MITOGEN) bash scripts/demo.sh up
+
+# The compliance report (tests/report/build.py): the suites run read-only against each
+# inventory; reports/<client>/<date-time>/ gets rapport.html and .pdf (French, for the
+# practice), report.json and junit.xml; reports/index.html is the fleet page. INVENTORY names
+# one inventory folder or several (space-separated); the exit status is 1 if any gap.
+INVENTORY ?=
+report: venv ## Compliance report: make report INVENTORY="inventories/<client> [...]"
+	@test -n "$(INVENTORY)" || { echo "ERROR: name the inventory: make report INVENTORY=inventories/<client>" >&2; exit 2; }
+	@$(WITH_MITOGEN) $(PY) tests/report/build.py run $(foreach i,$(INVENTORY),--inventory $(i))
 
 demo-clean: ## Remove the demo practice's containers and network
 	@$(WITH_MITOGEN) bash scripts/demo.sh clean

@@ -30,6 +30,11 @@ case "${1:-up}" in
     scan=0
     python3 scripts/anssi_scan.py demo-server || scan=$?
     if [ "$scan" -ne 0 ] && [ "$rc" -eq 0 ]; then rc=$scan; fi
+    echo "==> The demo practice's compliance report (make report INVENTORY=inventories/demo: read-only audit)"
+    report=0
+    python3 tests/report/build.py run --inventory inventories/demo > build/demo-report.log 2>&1 || report=$?
+    sed -n '/ practices hold/,$p' build/demo-report.log
+    if [ "$report" -ge 2 ]; then cat build/demo-report.log; [ "$rc" -ne 0 ] || rc=$report; fi
     echo "==> The demo practice's website: https://www.cabinet-demo.localhost:8443/ (a self-signed"
     echo "    certificate of the demo's: accept it once; refuse the banner in one click, then see the"
     echo "    legal pages in the footer). From another machine: ssh -L 8443:127.0.0.1:8443 this-machine"

@@ -9,6 +9,7 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 if [ "$(id -u)" -ne 0 ]; then
   die "the test rig needs root (rootful podman, debootstrap). Run as root, or install by hand:
   apt-get install podman runc netavark aardvark-dns iptables debootstrap chromium testssl.sh nftables npm
+  libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
 and copy scripts/containers.conf to /etc/containers/containers.conf."
 fi
 if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
@@ -21,8 +22,10 @@ fi
 # Debian's chromium; nothing downloads a browser). npm fetches the consent library and axe-core
 # on the controller; a host that already has an npm (from another packaging of Node.js) keeps it.
 # nftables: the unit tests check the firewall the baseline renders with nft -c (the package
-# does not enable its service).
-packages=(podman runc netavark aardvark-dns iptables debootstrap chromium testssl.sh nftables)
+# does not enable its service). The compliance report: WeasyPrint (pip) draws its PDF with
+# pango and DejaVu fonts; poppler-utils' pdftotext lets the tests read the PDF back.
+packages=(podman runc netavark aardvark-dns iptables debootstrap chromium testssl.sh nftables
+          libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do

@@ -43,6 +43,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Ansible log of the run to audit for leaked secrets (default: $ANSIBLE_LOG_PATH)",
     )
     parser.addoption(
+        "--read-only",
+        action="store_true",
+        help="the compliance report's audit: checks that change a host to prove an outcome (lab "
+             "fixtures, the mail sink) are not run, even on lab hosts",
+    )
+    parser.addoption(
+        "--report-json",
+        default="",
+        help="write every check's result, host, evidence and reason to this JSON file (tests/report reads it)",
+    )
+    parser.addoption(
+        "--check-timeout",
+        type=int,
+        default=0,
+        help="seconds a check may take before it counts as an error (0: no limit; the report uses one)",
+    )
+    parser.addoption(
+        "--host-budget",
+        type=int,
+        default=0,
+        help="seconds a host's whole audit may take; past it, its remaining checks report it unreachable (0: no limit)",
+    )
+    parser.addoption(
         "--lab-run",
         action="store_true",
         help="the inventory is a lab (Molecule, the demo): every audited host must be a lab host "
@@ -58,6 +81,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # missing mail sink, a missing Ansible log). On a real inventory, skips stay skips: lab-only
 # tests do not apply to a client's machines.
 NOT_APPLICABLE = "n/a: "
+# A read-only audit (the compliance report) does not run the checks that prove an outcome by
+# changing the host; they are counted as not run, never as passed.
+READ_ONLY_SKIP = "not run in a read-only audit: proves an outcome by changing the host"
+
+
+class HostUnreachable(Exception):
+    """The host did not answer (or stopped answering): each of its checks fails with this, and
+    the report says unreachable, never compliant. Told apart by its type, not by its text."""
+
+
+class CheckTimeout(BaseException):
+    """A check ran past --check-timeout. A BaseException, so that no `except Exception` (or
+    OSError, which TimeoutError is) in a check can swallow it."""
 
 
 def not_applicable(reason: str) -> None:
@@ -83,12 +119,23 @@ _LAB_RUN: dict[str, bool] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     _LAB_RUN["on"] = _lab_run(config)
+    path = config.getoption("report_json", default="")
+    if path and not hasattr(config, "workerinput"):  # on the controller only, with pytest-xdist
+        config.pluginmanager.register(Results(path, config), "cabinet-results")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.excinfo is not None:
+        # What the report shows of a failure, decided here where the exception is at hand: its
+        # type and message (pytest runs with --assert=plain for the report: no compared values),
+        # or the failing statement of the check (code, not data), with the inventory's secrets
+        # masked; and whether it means the host could not be reached.
+        if call.excinfo.errisinstance((HostUnreachable, CheckTimeout)):
+            report.user_properties.append(("cabinet_unreachable", scrub(item.config, str(call.excinfo.value))[:400]))
+        report.user_properties.append(("cabinet_reason", failure_reason(item.config, call.excinfo)))
     # An expected failure (pytest.xfail with its reason) is a known defect, declared and
     # counted in the summary, not a skip.
     if not report.skipped or hasattr(report, "wasxfail") or not _lab_run(item.config):
@@ -275,9 +322,39 @@ def inventory(request: pytest.FixtureRequest) -> Inventory:
     return _inventory(_inventory_source(request.config))
 
 
+_REACHED: dict[str, str] = {}  # host -> "" when it answered, else why not (probed once per run)
+PROBE_SECONDS = 60
+
+
+def reachable(handle: testinfra.host.Host, name: str) -> str:
+    """"" when the host runs a command within PROBE_SECONDS, else the reason it does not.
+
+    Once per host and run: a host that is down costs one time-out, not one per suite."""
+    if name not in _REACHED:
+        import threading
+
+        outcome: dict[str, str] = {}
+
+        def probe() -> None:
+            try:
+                done = handle.run("true")
+                outcome["why"] = "" if done.rc == 0 else f"a command on it failed ({done.rc}): {done.stderr.strip()[:300]}"
+            except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the host is not reached
+                outcome["why"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+
+        worker = threading.Thread(target=probe, daemon=True)
+        worker.start()
+        worker.join(PROBE_SECONDS)
+        _REACHED[name] = outcome.get("why", f"no answer within {PROBE_SECONDS} s")
+    return _REACHED[name]
+
+
 @pytest.fixture(scope="module")
 def host(request: pytest.FixtureRequest, inventory: Inventory) -> testinfra.host.Host:
     handle = connect(inventory, request.param)
+    why = reachable(handle, request.param)
+    if why:
+        raise HostUnreachable(f"{request.param}: {why}")
     handle.inventory_name = request.param
     handle.cabinet_lab = bool(inventory.vars(request.param).get("cabinet_lab", False))
     return handle
@@ -307,6 +384,8 @@ def lab(request: pytest.FixtureRequest, inventory: Inventory, host) -> testinfra
     Tests that install packages, publish repositories or fake a pending reboot take this
     fixture: they prove outcomes in Molecule and the demo, never on a client's machine.
     """
+    if request.config.getoption("read_only", default=False):
+        pytest.skip(READ_ONLY_SKIP)
     if not inventory.vars(host.inventory_name).get("cabinet_lab", False):
         if _lab_run(request.config):
             pytest.fail(f"{host.inventory_name} is audited in a lab run but is not a lab host: "
@@ -317,6 +396,8 @@ def lab(request: pytest.FixtureRequest, inventory: Inventory, host) -> testinfra
 
 @pytest.fixture(scope="module")
 def mailsink(request: pytest.FixtureRequest, inventory: Inventory) -> "MailSink":
+    if request.config.getoption("read_only", default=False):
+        pytest.skip(READ_ONLY_SKIP)
     names = inventory.group(LAB_MAILSINK_GROUP)
     if not names:
         if _lab_run(request.config):
@@ -535,6 +616,248 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
     assert marker in text, f"{log} does not look like the log of a run with {marker!r}"
     found = any(s in text for s in secrets)
     assert not found, f"{what} appears in the Ansible output ({log})"
+
+
+# ----------------------------------------------------------------------------- evidence
+EVIDENCE = "cabinet_evidence"
+
+
+def stamp(epoch: float | int | str | None) -> str:
+    """A time read on a host (seconds since 1970) as the report shows it: 2026-12-07 02:14 UTC."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(epoch)))
+    except (TypeError, ValueError):
+        return "jamais"
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
+    """evidence("Dernière sauvegarde hors site", "2026-12-07 02:14 UTC"): a value read from the
+    host that the compliance report shows beside the check's verdict (French label, plain
+    value). Record it before asserting, so that a failing check shows what it found. Never a
+    secret: the report is handed to the practice."""
+
+    def record(label: str, value: Any) -> None:
+        # A sentence is cut at 500 characters; data (the incident register) is kept whole.
+        text = value[:500] if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        request.node.user_properties.append((EVIDENCE, json.dumps([str(label), text], ensure_ascii=False)))
+
+    return record
+
+
+# ----------------------------------------------------------------------------- time bounds
+# --check-timeout bounds each check (its fixtures' set-up included); --host-budget bounds a
+# host's whole audit. A host whose check ran out of time, or past its budget, is reported
+# unreachable for the rest: one that answers the probe and then stalls costs one time-out, not
+# one per check. (Per process: pytest-xdist runs each host's checks in one worker.)
+_STALLED: dict[str, str] = {}
+_HOST_STARTED: dict[str, float] = {}
+
+
+def _item_host(item) -> str | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("host") if isinstance(params.get("host"), str) else None
+
+
+def _bounded(item, phase: str):
+    """A context for one phase of a check under --check-timeout (SIGALRM, main thread only)."""
+    import contextlib
+    import signal
+    import threading
+
+    seconds = item.config.getoption("check_timeout", default=0)
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def alarm():
+        def expired(signum, frame):  # noqa: ARG001 - signal's signature
+            name = _item_host(item)
+            if name:
+                _STALLED[name] = f"a check's {phase} ran past {seconds} s (--check-timeout): the host stopped answering"
+            raise CheckTimeout(f"{name or 'the check'}: {phase} ran past {seconds} s (--check-timeout)")
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return alarm()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    name = _item_host(item)
+    budget = item.config.getoption("host_budget", default=0)
+    if name:
+        started = _HOST_STARTED.setdefault(name, time.monotonic())
+        if budget and time.monotonic() - started > budget and name not in _STALLED:
+            _STALLED[name] = f"its audit ran past {budget} s (--host-budget)"
+    with _bounded(item, "set-up"):
+        if name in _STALLED:  # before the fixtures: the check fails at set-up without touching the host
+            raise HostUnreachable(f"{name}: {_STALLED[name]}")
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _bounded(item, "run"):
+        yield
+
+
+# ----------------------------------------------------------------------------- what the report shows
+@lru_cache(maxsize=None)
+def _secret_values(source: str) -> tuple[str, ...]:
+    """The inventory's secret values (passwords, passphrases, keys, tokens, vault_*), longest
+    first, for scrub(): they never reach the report, whatever a check's message held."""
+    import re
+
+    inventory = _inventory(source)
+    found: set[str] = set()
+    named = re.compile(r"(pass(word|phrase|wd)?|secret|token|private_key|_key$|^vault_)", re.I)
+    for name in inventory.hosts("all"):
+        for var, value in inventory.vars(name).items():
+            if not named.search(str(var)):
+                continue
+            try:
+                value = inventory.template(name, value)
+            except Exception:  # noqa: BLE001 - a value that does not template is used as written
+                pass
+            if isinstance(value, str) and len(value.strip()) >= 6:
+                found.add(value.strip())
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(config: pytest.Config, text: str) -> str:
+    source = config.getoption("ansible_inventory", default=None)
+    if not source or not text:
+        return text
+    for secret in _secret_values(source):
+        text = text.replace(secret, "[secret masqué]")
+    return text
+
+
+def failure_reason(config: pytest.Config, excinfo) -> str:
+    """A failure in one or a few lines: the exception's type and message; when it has none (a
+    bare assert), the failing statement of the check, which is code, not data."""
+    message = " ".join(str(excinfo.value).split())
+    reason = f"{excinfo.typename}: {message}" if message else excinfo.typename
+    if not message:
+        for entry in reversed(excinfo.traceback):
+            if "tests/integration/" in str(entry.path):
+                try:
+                    statement = " ".join(str(entry.statement).split())
+                except Exception:  # noqa: BLE001 - no source at hand: the place is enough
+                    statement = "?"
+                reason = f"{reason} ({Path(str(entry.path)).name}:{entry.lineno + 1}: {statement})"
+                break
+    return scrub(config, reason)[:600]
+
+
+# ----------------------------------------------------------------------------- evidence
+EVIDENCE = "cabinet_evidence"
+
+
+def stamp(epoch: float | int | str | None) -> str:
+    """A time read on a host (seconds since 1970) as the report shows it: 2026-12-07 02:14 UTC."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(epoch)))
+    except (TypeError, ValueError):
+        return "jamais"
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
+    """evidence("Dernière sauvegarde hors site", "2026-12-07 02:14 UTC"): a value read from the
+    host that the compliance report shows beside the check's verdict (French label, plain
+    value). Record it before asserting, so that a failing check shows what it found. Never a
+    secret: the report is handed to the practice (and the inventory's secrets are masked)."""
+
+    def record(label: str, value: Any) -> None:
+        # A sentence is cut at 500 characters; data (the incident register) is kept whole.
+        text = value[:500] if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        text = scrub(request.config, text)
+        request.node.user_properties.append((EVIDENCE, json.dumps([str(label), text], ensure_ascii=False)))
+
+    return record
+
+
+class Results:
+    """Every check's outcome, for --report-json: what tests/report/build.py turns into the
+    compliance report. Collected where pytest-xdist sends its workers' reports."""
+
+    def __init__(self, path: str, config: pytest.Config) -> None:
+        self.path = path
+        self.config = config
+        self.checks: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report) -> None:
+        props = dict((k, v) for k, v in getattr(report, "user_properties", []) if k != EVIDENCE)
+        module, _, test = report.nodeid.partition("::")
+        entry = self.checks.setdefault(report.nodeid, {
+            "check": f"{Path(module).name}::{test.partition('[')[0]}", "host": props.get("cabinet_host", ""),
+            "outcome": "passed", "reason": "", "unreachable": "", "evidence": [], "seconds": 0.0})
+        entry["seconds"] = round(entry["seconds"] + getattr(report, "duration", 0.0), 2)
+        for key, value in getattr(report, "user_properties", []):
+            if key == EVIDENCE and json.loads(value) not in entry["evidence"]:
+                entry["evidence"].append(json.loads(value))
+        if report.skipped:
+            entry["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "")
+            entry["reason"] = scrub(self.config, getattr(report, "wasxfail", "") or reason.removeprefix("Skipped: "))
+        elif report.failed:
+            entry["outcome"] = "failed" if report.when == "call" else "error"
+            entry["reason"] = props.get("cabinet_reason") or scrub(self.config, str(report.longrepr or "?"))[-600:]
+            entry["unreachable"] = props.get("cabinet_unreachable", "")
+
+    def pytest_sessionfinish(self, session) -> None:
+        data = {"schema": 1, "inventory": self.inventory(session.config),
+                "checks": sorted(self.checks.values(), key=lambda c: (c["host"], c["check"]))}
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        with open(self.path, "w", encoding="utf-8") as out:
+            json.dump(data, out, ensure_ascii=False, indent=1)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """pytest's JUnit file (written by now) holds failure messages: mask the secrets there too."""
+        xml = getattr(config.option, "xmlpath", None)
+        if xml and os.path.isfile(xml):
+            with open(xml, encoding="utf-8") as handle:
+                text = handle.read()
+            from xml.sax.saxutils import escape
+
+            for secret in _secret_values(config.getoption("ansible_inventory")):
+                text = text.replace(escape(secret, {'"': "&quot;"}), "[secret masqué]").replace(secret, "[secret masqué]")
+            with open(xml, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+    @staticmethod
+    def inventory(config: pytest.Config) -> dict[str, Any]:
+        """The audited inventory's hosts and groups, the practice's name as its machines know it
+        (alerting_practice_name: the report's heading) and the off-site repositories of its
+        machines (the shared off-site server's incidents about other practices are left out).
+        No other variable."""
+        inventory = _inventory(_inventory_source(config))
+        hosts, names, repositories = {}, defaultdict(int), set()
+        managed = set(inventory.hosts("cabinet_managed"))
+        clients = set(inventory.hosts("backup_clients"))
+        for name in inventory.hosts("all"):
+            if name in inventory.group(LAB_MAILSINK_GROUP):
+                continue
+            host = inventory.manager.get_host(name)
+            hosts[str(name)] = {"groups": sorted(str(g.name) for g in host.get_groups() if g.name != "all")}
+            variables = inventory.vars(name)
+            if name in managed and variables.get("alerting_practice_name"):
+                names[str(inventory.template(name, variables["alerting_practice_name"])).strip()] += 1
+            if name in clients:
+                repo = variables.get("backup_offsite_repository_name",
+                                     role_defaults("backup").get("backup_offsite_repository_name"))
+                repositories.add(str(inventory.template(name, repo)))
+        practice = max(names.items(), key=lambda item: item[1])[0] if names else ""
+        return {"practice_name": practice, "hosts": hosts, "offsite_repositories": sorted(repositories)}
 
 
 # ----------------------------------------------------------------------------- report

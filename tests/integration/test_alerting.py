@@ -114,6 +114,29 @@ def test_shared_helpers_are_root_only(host):
     assert module.mode & 0o022 == 0, f"{module.path} is writable by others: {module.mode:o}"
 
 
+def test_incident_register_is_root_only_and_readable(host, evidence):
+    """The register of possible breaches (GDPR art. 33(5)): its folder and file root's alone,
+    the file a plain file with one name, every line readable. Its incidents go to the report
+    (the evidence "incidents"), which shows the open ones with their 72-hour deadline."""
+    folder = host.file("/var/lib/cabinet/incidents")
+    assert folder.is_directory and not folder.is_symlink and folder.user == "root" and folder.mode & 0o077 == 0, \
+        f"{folder.path}: expected a root-only folder"
+    register = host.file("/var/lib/cabinet/incidents/register.jsonl")
+    if register.exists:
+        links = host.check_output("stat -c %h /var/lib/cabinet/incidents/register.jsonl")
+        assert register.is_file and not register.is_symlink and register.user == "root" and register.mode & 0o077 == 0 \
+            and links == "1", f"{register.path}: expected a root-only file with one name"
+        flags = host.run("lsattr -d /var/lib/cabinet/incidents/register.jsonl")
+        evidence("Registre des incidents", "en ajout seul (attribut a)" if flags.rc == 0 and "a" in flags.stdout.split()[0]
+                 else "fichier réservé à root (le système ne permet pas l'attribut « ajout seul » ici)")
+    listed = host.run("/usr/local/sbin/cabinet-incident list --json")
+    assert listed.rc == 0, f"cabinet-incident cannot read the register: {listed.stderr}"
+    found = json.loads(listed.stdout)
+    evidence("incidents", found)
+    unreadable = [i["id"] for i in found if i["status"] == "unreadable"]
+    assert unreadable == [], f"lines of the register cannot be read: {unreadable}"
+
+
 def test_alert_command_refuses_bad_usage(host):
     result = host.run(f"{ALERT} --practice backup --severity urgent --title x")
     assert result.rc == 2

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import not_applicable, run_unit, wait_mail_queue_empty
+from conftest import not_applicable, run_unit, stamp, wait_mail_queue_empty
 
 ROLE = "antivirus"
 AUDITED_GROUP = "cabinet_managed:!backup_offsite"
@@ -112,12 +112,18 @@ def test_freshclam_updates_from_the_configured_mirrors(host, expect):
 OFFICIAL_DATABASE = re.compile(r"^(main|daily|bytecode)\.(cvd|cld)$")
 
 
-def test_signatures_are_fresh(host, expect, inventory):
+def test_signatures_are_fresh(host, expect, inventory, evidence):
     """The databases freshclam manages (main, daily, bytecode) are younger than the threshold,
     by the health check's own verdict, which counts no local database (such as the lab's)."""
     verdict = json.loads(host.check_output("/usr/local/sbin/cabinet-av status"))["signatures"]
     on_disk = sorted(name for name in host.check_output(
         "find /var/lib/clamav -maxdepth 1 -type f -printf '%f\\n'").splitlines() if OFFICIAL_DATABASE.match(name))
+    if on_disk:
+        newest = host.check_output("stat -c %Y " + " ".join(f"/var/lib/clamav/{n}" for n in on_disk) + " | sort -n | tail -1")
+        evidence("Signatures antivirus", f"mises à jour le {stamp(newest)} "
+                 f"({(time.time() - float(newest)) / 3600:.0f} h ; limite {expect('antivirus_signature_max_age_hours')} h)")
+    else:
+        evidence("Signatures antivirus", "aucune base officielle sur la machine")
     assert verdict["databases"] == on_disk, "the check does not look at the databases freshclam manages"
     assert verdict["limit_hours"] == expect("antivirus_signature_max_age_hours")
     if not on_disk and inventory.vars(host.inventory_name).get("cabinet_lab", False):
@@ -241,6 +247,12 @@ def test_scheduled_scan_quarantines_the_infected_file_and_alerts(marked, expect,
     assert SIGNATURE in mail["Subject"] and moved[0] in mail["body"]
     assert len(mailsink.alerts(mail_host, ROLE, infected)) == 1, "one detection, one alert"
     assert json.loads(host.file(moved[0] + ".json").content_string)["alerted"] is True
+    # The detection opened an incident in the host's register (GDPR art. 33: the 72-hour clock),
+    # which the alert names and the compliance report lists.
+    opened = [i for i in json.loads(host.check_output("/usr/local/sbin/cabinet-incident list --open --json"))
+              if i["kind"] == "virus" and infected in i["title"]]
+    assert len(opened) == 1, f"the detection is not in the incident register once: {opened}"
+    assert opened[0]["deadline"] and f"Incident {opened[0]['id']} recorded" in mail["body"]
     # A later report (by hand, and the path unit that the sidecar's rewrite triggers) does not
     # alert again: once every report has finished and the host's mail queue is empty, count.
     host.check_output("/usr/local/sbin/cabinet-av report")

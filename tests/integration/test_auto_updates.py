@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import not_applicable, role_vars, run_unit, wait_mail_queue_empty
+from conftest import not_applicable, role_vars, run_unit, stamp, wait_mail_queue_empty
 
 ROLE = "auto_updates"
 AUDITED_GROUP = "cabinet_managed"
@@ -179,8 +179,17 @@ def test_package_lists_refresh(host, expect):
     assert age_hours <= expect("auto_updates_lists_max_age_hours"), f"lists last refreshed {age_hours:.0f} h ago"
 
 
-def test_no_security_update_pending_too_long(host, expect):
+def test_no_security_update_pending_too_long(host, expect, evidence):
     state_file = host.file("/var/lib/cabinet/auto_updates-state.json")
+    last = host.run("zgrep -h ' upgrade ' $(ls -tr /var/log/dpkg.log* 2>/dev/null) /dev/null | tail -1")
+    fields = last.stdout.split()
+    evidence("Dernière mise à jour installée", f"{fields[0]} {fields[1][:5]} : {fields[3].split(':')[0]} {fields[5]}"
+             if len(fields) >= 6 else "aucune dans les journaux de dpkg")
+    required = host.file("/run/reboot-required")
+    evidence("Redémarrage en attente", f"oui, depuis le {stamp(required.mtime.timestamp())}" if required.exists else "non")
+    if state_file.exists:
+        upgraded = json.loads(state_file.content_string).get("last_upgrade_success")
+        evidence("Dernière mise à jour automatique réussie", stamp(upgraded))
     if not state_file.exists:
         not_applicable("the daily check has not run on this host yet: no pending update has been recorded")
     pending = json.loads(state_file.content_string).get("pending_security", {})

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from conftest import (SECRET_ROOTS, assert_secrets_not_exposed, assert_secrets_not_in_ansible_log, connect,
-                      not_applicable, role_defaults, run_unit)
+                      not_applicable, role_defaults, run_unit, stamp)
 
 ROLE = "backup"
 AUDITED_GROUP = "backup_clients:backup_offsite"
@@ -189,6 +189,18 @@ def test_offsite_host_key_pinned(client, offsite):
     real = server.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()
     assert pinned[1:3] == real[0:2], "known_hosts does not hold the off-site server's host key"
     assert client.file("/etc/cabinet/backup/id_ed25519").mode == 0o600
+
+
+def test_offsite_copy_is_hosted_by_an_hds_certified_provider(client, expect, evidence):
+    """The off-site copy holds patients' data: its host must be certified HDS (L.1111-8 CSP).
+    The inventory records who hosts it and the certificate; without one, this is a gap."""
+    if not expect("backup_offsite_enabled"):
+        not_applicable("this host has no off-site copy")
+    provider, certificate = expect("backup_offsite_provider").strip(), expect("backup_offsite_hds_certificate").strip()
+    evidence("Hébergeur de la copie hors site", provider or "non renseigné")
+    evidence("Certificat HDS de l'hébergeur", certificate or "non renseigné")
+    assert provider and certificate, ("the inventory names no HDS-certified host for the off-site copy "
+                                      "(backup_offsite_provider, backup_offsite_hds_certificate)")
 
 
 # ----------------------------------------------------------------------------- audit: off-site side
@@ -650,10 +662,18 @@ def test_passphrase_never_in_ansible_output(request, inventory):
     assert_secrets_not_in_ansible_log(request, secrets, "a backup passphrase", "Backup |")
 
 
-def test_each_repository_has_a_recent_success(client, expect):
-    """Last: in the lab, the tests above have run backups by now; on a real host, drift."""
+def test_each_repository_has_a_recent_success(client, expect, evidence):
+    """Last: in the lab, the tests above have run backups by now; on a real host, drift. The
+    report shows each copy's last success and last restore test."""
     state = json.loads(client.run("cat /var/lib/cabinet/backup/state.json 2>/dev/null || echo '{}'").stdout or "{}")
     limit = int(expect("backup_max_age_hours")) * 3600
+    copies = {"local": "disque local", "offsite": "copie hors site"}
+    for repo in repo_names(client):
+        record = state.get("repositories", {}).get(repo, {})
+        evidence(f"Dernière sauvegarde réussie ({copies.get(repo, repo)})", stamp(record.get("last_success")))
+        verified = record.get("last_verify")
+        evidence(f"Dernier test de restauration ({copies.get(repo, repo)})",
+                 f"{stamp(verified)}, {'réussi' if record.get('last_verify_ok') else 'ÉCHOUÉ'}" if verified else "jamais")
     for repo in repo_names(client):
         last = state.get("repositories", {}).get(repo, {}).get("last_success")
         assert last, f"no successful backup to {repo} yet"

@@ -7,6 +7,7 @@ PAM itself: chpasswd for the password stack, pamtester for authentication.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import subprocess
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import admin_gets_in, not_applicable, run_playbook
+from conftest import admin_gets_in, not_applicable, run_playbook, run_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "filter_plugins"))
@@ -61,8 +62,11 @@ def test_packages(host):
         assert host.package(package).is_installed, package
 
 
-def test_quality_rules_match_the_inventory(host, expect):
+def test_quality_rules_match_the_inventory(host, expect, evidence):
     settings = pwquality(host)
+    evidence("Mots de passe exigés", f"{settings.get('minlen', '?')} caractères au moins, "
+             f"{settings.get('minclass', '?')} types de caractères, mots du dictionnaire "
+             f"{'refusés' if settings.get('dictcheck') == '1' else 'acceptés'}")
     assert int(settings["minlen"]) == expect("password_policy_min_length")
     assert int(settings["minclass"]) == expect("password_policy_min_classes")
     assert settings.get("dictcheck") == ("1" if expect("password_policy_dictcheck") else "0")
@@ -139,10 +143,14 @@ def test_every_session_gets_the_umask_of_login_defs(host, expect):
     assert int(got, 8) == int(wanted, 8), f"a session got {got}, login.defs says {wanted}"
 
 
-def test_lockout_rules(host, expect):
+def test_lockout_rules(host, expect, evidence):
     if not expect("password_policy_faillock_enabled"):
+        evidence("Verrouillage après des échecs", "désactivé")
         not_applicable("lockout disabled in this inventory")
     conf = host.file("/etc/security/faillock.conf").content_string
+    shown = dict(re.findall(r"^\s*(deny|unlock_time|fail_interval)\s*=\s*(\d+)", conf, re.M))
+    evidence("Verrouillage après des échecs", f"{shown.get('deny', '?')} échecs en {shown.get('fail_interval', '?')} s : "
+             f"compte bloqué {shown.get('unlock_time', '?')} s")
     assert f"deny = {expect('password_policy_faillock_deny')}" in conf
     assert f"unlock_time = {expect('password_policy_faillock_unlock_time')}" in conf
     assert f"fail_interval = {expect('password_policy_faillock_fail_interval')}" in conf
@@ -158,6 +166,22 @@ def test_yescrypt_and_no_forced_expiry(host):
 def max_days(host, account: str) -> str:
     """Field 5 of the account's shadow entry: its maximum password age ('' when none)."""
     return host.check_output(f"getent shadow {shlex.quote(account)} | cut -d: -f5")
+
+
+def test_failed_login_watch_is_armed(host, expect, evidence):
+    """A burst of failed logins reaches the MSP and the incident register: the watch runs every
+    15 minutes with the inventory's threshold, and its last run did not fail."""
+    if not expect("password_policy_login_watch_enabled"):
+        evidence("Surveillance des échecs de connexion", "désactivée")
+        not_applicable("the failed-login watch is turned off in this inventory")
+    settings = json.loads(host.file("/etc/cabinet/login-watch.json").content_string)
+    evidence("Surveillance des échecs de connexion", f"alerte au-delà de {settings['failures']} échecs en "
+             f"{settings['window_minutes']} min, vérifiée toutes les 15 min")
+    assert settings["failures"] == expect("password_policy_login_burst_failures")
+    assert settings["window_minutes"] == expect("password_policy_login_burst_minutes")
+    timer = host.service("cabinet-login-watch.timer")
+    assert timer.is_enabled and timer.is_running
+    assert host.run("systemctl is-failed --quiet cabinet-login-watch.service").rc != 0, "the watch's last run failed"
 
 
 def test_privileged_accounts_have_a_maximum_age(host, expect):
@@ -239,6 +263,42 @@ def test_failures_lock_the_account_and_a_reset_restores_it(lab, account, expect)
     lab.check_output(f"faillock --user {account} --reset")
     unlocked = lab.run("echo %s | pamtester login %s authenticate", password, account)
     assert unlocked.rc == 0, unlocked.stderr
+
+
+def test_a_burst_of_failed_logins_alerts_and_opens_an_incident(lab, expect):
+    """Real failures through PAM (pamtester, as sshd or login would fail them) on throwaway
+    accounts, up to the threshold: the watch alerts and the register holds one new incident.
+    (Delivery of an alert to the MSP is the alerting scenario's proof; this scenario has no
+    mail sink, so the alert waits in the host's queue.)"""
+    if not expect("password_policy_login_watch_enabled"):
+        not_applicable("the failed-login watch is turned off in this inventory")
+    needed, deny = expect("password_policy_login_burst_failures"), expect("password_policy_faillock_deny")
+    users = [f"cabinet-burst{i}" for i in range(-(-needed // deny))]  # each fails up to faillock's limit
+    started, epoch = lab.check_output("date -u '+%Y-%m-%dT%H:%M:%SZ %s'").split()
+    lab.check_output("rm -f /var/lib/cabinet/login-watch/state.json")  # no burst left open from before
+    try:
+        for user in users:
+            lab.run(f"userdel -r {user} 2>/dev/null")
+            assert lab.run(f"useradd -m -s /bin/bash {user}").rc == 0
+            assert set_password(lab, user, strong()).rc == 0
+            for _ in range(deny):
+                assert lab.run("echo wrong-password | pamtester login %s authenticate", user).rc != 0
+        assert run_unit(lab, "cabinet-login-watch.service", timeout=300) == "success"
+        opened = [i for i in json.loads(lab.check_output("/usr/local/sbin/cabinet-incident list --open --json"))
+                  if i["kind"] == "failed_logins" and i["detected"] >= started]
+        assert len(opened) == 1, f"expected one new failed-login incident: {opened}"
+        assert all(user in opened[0]["details"] for user in users), opened[0]["details"]
+        alerted = lab.run("journalctl -q --no-pager -o cat SYSLOG_IDENTIFIER=cabinet-alert CABINET_PRACTICE=password_policy "
+                          f"--since=@{epoch}")
+        assert alerted.rc == 0 and "failed logins in" in alerted.stdout, "the alert is not in the journal"
+        # Run again at once: the same burst, no second incident.
+        assert run_unit(lab, "cabinet-login-watch.service", timeout=300) == "success"
+        again = [i for i in json.loads(lab.check_output("/usr/local/sbin/cabinet-incident list --open --json"))
+                 if i["kind"] == "failed_logins" and i["detected"] >= started]
+        assert len(again) == 1, "the same burst opened a second incident"
+    finally:
+        for user in users:
+            lab.run(f"faillock --user {user} --reset; userdel -r {user}")
 
 
 def test_anti_lockout_proof_passes(lab):

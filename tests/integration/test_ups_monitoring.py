@@ -94,8 +94,14 @@ def test_upsd_listens_only_where_configured(host, expect):
         assert listening - {"127.0.0.1", "::1"}, "a netserver's upsd is unreachable for its clients"
 
 
-def test_upsmon_sees_the_ups(host, expect):
+def test_upsmon_sees_the_ups(host, expect, evidence):
     status = host.run(f"upsc {ups_address(expect)} ups.status 2>/dev/null")
+    words = {"OL": "sur secteur", "OB": "SUR BATTERIE", "LB": "BATTERIE FAIBLE", "RB": "BATTERIE À REMPLACER"}
+    evidence("État de l'onduleur", ", ".join(words.get(w, w) for w in status.stdout.split()) or "illisible")
+    # Root's alerts only: a user can write a journal entry with these fields, not with _UID=0.
+    last = host.run("journalctl -q --no-pager -o short-iso -n 1 SYSLOG_IDENTIFIER=cabinet-alert "
+                    "CABINET_PRACTICE=ups_monitoring _UID=0")
+    evidence("Dernier événement d'alimentation signalé", last.stdout.strip()[:200] or "aucun dans le journal")
     assert status.rc == 0 and status.stdout.strip(), f"upsc cannot read {ups_address(expect)}: {status.stderr}"
     role = "secondary" if expect("ups_monitoring_mode") == "netclient" else "primary"
     monitor = re.search(r"^MONITOR\s+(\S+)\s+1\s+(\S+)\s+\S+\s+(\w+)$", upsmon_conf(host), re.M)

@@ -48,14 +48,16 @@ class Lab:
             folder.mkdir(parents=True)
         self.qdir.chmod(0o700)
         self.alerts: list[tuple[str, str, str]] = []
+        self.incidents: list[tuple[str, str]] = []  # (kind, title) of the alerts that open an incident
         self.conf = {"alert_command": "/bin/false", "scan_paths": [str(self.root)], "exclude_paths": [],
                      "quarantine_dir": str(self.qdir), "database_dir": str(self.dbdir),
                      "state_dir": str(tmp / "state"), "signature_max_age_hours": 48, "realert_hours": 24,
                      "onaccess": False, "clamd_socket": str(tmp / "no-clamd.ctl"),
                      "onaccess_paths": [str(self.root)], "onaccess_log": str(tmp / "clamonacc.log")}
         monkeypatch.setattr(self.av, "LOCK", tmp / "cabinet-av.lock")
-        monkeypatch.setattr(self.av, "alert", lambda conf, severity, title, details: self.alerts.append(
-            (severity, title, details)) or True)
+        monkeypatch.setattr(self.av, "alert", lambda conf, severity, title, details, incident=None, **kw: (
+            self.incidents.append((incident, title)) if incident else None, self.alerts.append(
+                (severity, title, details))) and True)
         monkeypatch.setattr(self.av, "ensure_clamd", lambda *a, **k: True)
         monkeypatch.setattr(self.av, "clamd_answers", lambda *a, **k: True)
 
@@ -161,6 +163,7 @@ def test_a_file_replaced_under_the_same_name_after_the_scan_is_left_alone(lab):
     assert infected.read_bytes() == b"a different, clean file\n", "a file that was not scanned was moved"
     assert lab.quarantined() == []
     assert [a for a in lab.alerts if "NOT quarantined" in a[1]], lab.alerts
+    assert [kind for kind, title in lab.incidents if "NOT quarantined" in title] == ["virus"]
 
 
 def test_a_hard_link_elsewhere_is_reported(lab):
@@ -303,6 +306,7 @@ def test_scan_quarantines_with_content_record_and_one_alert(lab):
     record = lab.quarantined()[0]
     assert record["original_path"] == str(infected) and record["alerted"] is True
     assert len([a for a in lab.alerts if a[1].startswith("Virus quarantined")]) == 1
+    assert [kind for kind, title in lab.incidents if title.startswith("Virus quarantined")] == ["virus"]
     # A later report does not alert again.
     lab.av.report(lab.conf, scanner=lambda fd: pytest.fail("a reported file was scanned again"))
     assert len([a for a in lab.alerts if a[1].startswith("Virus quarantined")]) == 1
@@ -400,9 +404,9 @@ def test_report_learns_a_file_put_in_the_quarantine_without_a_record_once(lab):
 
 def test_a_failed_alert_is_retried_by_the_next_report(lab, monkeypatch):
     lab.write(lab.qdir / "x.doc", MARKER)
-    monkeypatch.setattr(lab.av, "alert", lambda *a: False)
+    monkeypatch.setattr(lab.av, "alert", lambda *a, **kw: False)
     assert lab.av.report(lab.conf, scanner=lambda fd: lab.av.Verdict([SIG])) == 1
-    monkeypatch.setattr(lab.av, "alert", lambda conf, s, t, d: lab.alerts.append((s, t, d)) or True)
+    monkeypatch.setattr(lab.av, "alert", lambda conf, s, t, d, **kw: lab.alerts.append((s, t, d)) or True)
     assert lab.av.report(lab.conf, scanner=lambda fd: lab.av.Verdict([SIG])) == 0
     assert len(lab.alerts) == 1
 

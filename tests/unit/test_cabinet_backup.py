@@ -315,9 +315,12 @@ def repo_client(tmp_path, monkeypatch):
     conf = dict(server.DEFAULTS, root=str(tmp_path / "repos"), state_dir=str(tmp_path / "state"),
                 clients_dir=str(tmp_path / "clients"), alert_command="/bin/false", user="borg")
     alerts = []
-    monkeypatch.setattr(server.cc, "alert", lambda practice, severity, title, details, **_: alerts.append((severity, title, details)))
+    incidents = []  # each alert's incident kind (None: not a new incident)
+    monkeypatch.setattr(server.cc, "alert", lambda practice, severity, title, details, **kw: (
+        alerts.append((severity, title, details)), incidents.append((kw.get("incident"), kw.get("incident_about")))))
     c = server.Client(conf, tmp_path / "clients" / "pc.json")
     c.alerts = alerts
+    c.incidents = incidents
     return c
 
 
@@ -402,6 +405,7 @@ def test_a_practice_commit_between_prune_and_compact_stops_compaction(repo_clien
     assert server.prune_one(c) == "unexplained"
     assert steps == ["prune"], "compacted although something unexplained happened"
     assert c.alerts and c.alerts[0][0] == "critical" and c.state["tampered"]
+    assert c.incidents == [("offsite_tampered", c.name)], "the tampering is recorded as an incident, about this repository"
 
 
 def test_a_tampered_repository_stays_stopped_until_rollback_or_accept(repo_client):

@@ -284,6 +284,7 @@ class Host:
             monkeypatch.setattr(integrity, name, value)
         monkeypatch.setattr(integrity, "aide", self.aide)
         monkeypatch.setattr(integrity, "alert", self.alert)
+        self.incidents: list = []  # each alert's incident kind (None: not a new incident)
         monkeypatch.setattr(integrity, "dpkg_md5s", lambda: ({}, set()))
         monkeypatch.setattr(integrity, "owned_paths", set)
         monkeypatch.setattr(integrity, "read_dpkg_logs", list)
@@ -305,8 +306,9 @@ class Host:
             return (2 if self.differences else 0), {"removed": self.differences}
         return (4 if self.differences else 0), {"changed": self.differences}
 
-    def alert(self, practice, severity, title, details, **_):
+    def alert(self, practice, severity, title, details, **kw):
         self.alerts.append((severity, title, details))
+        self.incidents.append((kw.get("incident"), kw.get("incident_key")))
         return True
 
     def run(self, *argv):
@@ -322,6 +324,8 @@ def test_unexplained_changes_alert_keep_the_database_and_do_not_repeat_daily(int
     assert host.run("check") == 0 and len(host.alerts) == 1, "alerted again the next day"
     host.differences["/etc/cron.d/y"] = "f ... .C"
     assert host.run("check") == integrity.ALERTED and len(host.alerts) == 2, "a new change waited for the re-alert"
+    (kind1, key1), (kind2, key2) = host.incidents
+    assert kind1 == kind2 == "integrity" and key1 != key2, "each new set of changes is its own incident"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["database"] == "kept"
 
 

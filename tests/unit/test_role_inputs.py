@@ -148,6 +148,10 @@ CASES = [
      "password_policy_min_entropy_bits", "14 of 3"),
     ("password_policy", {"password_policy_faillock_deny": 0}, "password_policy_faillock_deny", "1 to 20"),
     ("password_policy", {"password_policy_pwhistory_remember": 0}, "password_policy_pwhistory_remember", "1 to 24"),
+    ("password_policy", {"password_policy_login_burst_failures": 2}, "password_policy_login_burst_failures", "5 to 10000"),
+    ("password_policy", {"password_policy_login_burst_minutes": 5}, "password_policy_login_burst_minutes", "15 to 1440"),
+    ("password_policy", {"password_policy_login_watch_enabled": "y"}, "password_policy_login_watch_enabled",
+     "expected true or false"),
     ("password_policy", {"password_policy_privileged_accounts": "admin"}, "password_policy_privileged_accounts",
      "expected a YAML list"),
     # inventories/example before issue 12: the account Ansible connects as, given a maximum age.

@@ -42,6 +42,11 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def sha256_text(text: str) -> str:
+    """A short, stable name for a text (an incident's key)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 def tail(text: str | None, lines: int = 15) -> str:
     """The last ``lines`` lines of a command's output, for an alert's body."""
     return "\n".join((text or "").strip().splitlines()[-lines:])
@@ -101,14 +106,20 @@ def write_json_atomic(path: str | os.PathLike, data: dict, mode: int = 0o600) ->
 
 def alert(practice: str, severity: str, title: str, details: str, *,
           command: str = ALERT_COMMAND, log: Callable[[str], None] | None = None,
-          footer: str | None = None, timeout: int = 120) -> bool:
+          footer: str | None = None, timeout: int = 120, incident: str | None = None,
+          incident_key: str = "", incident_about: str = "", incident_detected: str = "") -> bool:
     """Raise an alert through cabinet-alert (journal + mail). True when it was queued.
 
     The title and details go on the command line and standard input of cabinet-alert, never
-    through a shell. ``footer`` (default: the host's name) ends the details.
+    through a shell. ``footer`` (default: the host's name) ends the details. ``incident`` (one
+    of INCIDENT_KINDS): the alert may mean a data breach, and cabinet-alert also records it in
+    the host's incident register (GDPR art. 33: the 72-hour clock starts), once per
+    ``incident_key`` (see record_incident), whatever the mail's fate.
     """
     if severity not in SEVERITIES:
         raise ValueError(f"severity: expected one of {', '.join(SEVERITIES)}, got {severity!r}")
+    if incident is not None and incident not in INCIDENT_KINDS:
+        raise ValueError(f"incident: expected one of {', '.join(INCIDENT_KINDS)}, got {incident!r}")
     title = " ".join(title.split())  # one line, whatever a file name or a tool printed
     if log:
         log(f"ALERT [{severity}] {title}")
@@ -116,12 +127,154 @@ def alert(practice: str, severity: str, title: str, details: str, *,
     try:
         # --title=...: a title that starts with '-' stays a title. Text that is not valid UTF-8
         # (a file name) is escaped rather than losing the alert.
-        done = subprocess.run([command, f"--practice={practice}", f"--severity={severity}", f"--title={title}", "-"],
+        argv = [command, f"--practice={practice}", f"--severity={severity}", f"--title={title}"]
+        if incident:
+            argv += [f"--incident={incident}", f"--incident-key={incident_key}", f"--incident-about={incident_about}"]
+            argv += [f"--incident-detected={incident_detected}"] if incident_detected else []
+        done = subprocess.run([*argv, "-"],
                               input=body, encoding="utf-8", errors="backslashreplace", check=False, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"cabinet: could not raise the alert {title!r}: {exc}", file=sys.stderr, flush=True)
         return False
     return done.returncode == 0
+
+
+# ----------------------------------------------------------------------------- incidents
+# Alerts that may mean a personal-data breach are also recorded in the host's incident
+# register: GDPR art. 33(5) asks every breach to be documented, notified or not, and art. 33(1)
+# gives 72 hours from awareness to notify the CNIL. The register is one JSON object a line, in a
+# root-only folder, appended to under a lock (O_APPEND), never rewritten: closing an incident
+# appends a line. Where the kernel lets root set it, the file also gets the file system's
+# append-only flag, which stops a mistake or a careless script; it does not stop root, who can
+# take it off. The copy outside the host is the mail each incident's alert sends the MSP.
+INCIDENT_DIR = "/var/lib/cabinet/incidents"
+INCIDENT_REGISTER = "register.jsonl"
+INCIDENT_KINDS = {
+    "virus": "Virus détecté sur un poste ou un serveur",
+    "offsite_tampered": "Sauvegarde hors site supprimée ou modifiée",
+    "integrity": "Fichiers système modifiés en dehors des mises à jour",
+    "failed_logins": "Série d'échecs de connexion",
+}
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_APPEND_FL = 0x00000020
+INCIDENT_FIELD_LIMIT = 4000  # characters kept of a title or details
+
+
+def _open_register(directory: str | os.PathLike | None, flags: int) -> int:
+    """The register's descriptor: a regular root-owned file with one link, in a private folder."""
+    folder = private_dir(directory or INCIDENT_DIR)
+    fd = os.open(folder / INCIDENT_REGISTER, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o600)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafePath(f"{folder / INCIDENT_REGISTER}: expected a regular file of uid {os.geteuid()} with one link")
+    return fd
+
+
+def append_only(fd: int) -> bool:
+    """Set the file system's append-only flag on ``fd``; False where the kernel refuses
+    (a container without CAP_LINUX_IMMUTABLE, a file system without the flag)."""
+    import array
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        if flags[0] & FS_APPEND_FL:
+            return True
+        flags[0] |= FS_APPEND_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, True)
+        return True
+    except OSError:
+        return False
+
+
+def record_incident(kind: str, practice: str, severity: str, title: str, details: str, host: str, *,
+                    key: str = "", about: str = "", detected: str | None = None,
+                    directory: str | os.PathLike | None = None, now: str | None = None) -> dict:
+    """Append an open incident to the register and return it.
+
+    ``key`` names the event (a quarantined file, a set of changed files, a burst): an incident
+    of the same key already in the register, open or closed, is returned instead, so an alert
+    retried (its mail failed) or recalled never opens a second incident, nor restarts the clock.
+    ``about``: what it concerns beyond this host (on the off-site server, the practice's
+    repository). ``detected``: when the event was detected, if before now (UTC, ISO)."""
+    if kind not in INCIDENT_KINDS:
+        raise ValueError(f"incident: expected one of {', '.join(INCIDENT_KINDS)}, got {kind!r}")
+    at = detected or now or utc_now()
+    entry = {"event": "open", "id": f"{at.replace(':', '').replace('-', '')}-{os.urandom(4).hex()}",
+             "detected": at, "kind": kind, "nature": INCIDENT_KINDS[kind], "practice": practice,
+             "severity": severity, "host": host, "title": title[:INCIDENT_FIELD_LIMIT],
+             "details": details.strip()[:INCIDENT_FIELD_LIMIT], "key": key[:300], "about": about[:200]}
+    return _append(directory, entry, same_key=key)
+
+
+def close_incident(incident_id: str, note: str, *, directory: str | os.PathLike | None = None,
+                   now: str | None = None) -> dict:
+    """Append the closing of an incident (its id, or line-N for a line that cannot be read)
+    with what was decided."""
+    if incident_id not in {i["id"] for i in incidents(directory) if i["status"] in ("open", "unreadable")}:
+        raise KeyError(f"no open incident {incident_id!r} in the register")
+    entry = {"event": "close", "id": incident_id, "closed": now or utc_now(), "note": note.strip()[:INCIDENT_FIELD_LIMIT]}
+    return _append(directory, entry)
+
+
+def _append(directory: str | os.PathLike | None, entry: dict, same_key: str = "") -> dict:
+    """Append ``entry`` as one line, under the register's lock; with ``same_key``, return the
+    incident already recorded under that key instead."""
+    fd = _open_register(directory, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:  # (an append-only file's mode cannot change)
+            os.fchmod(fd, 0o600)
+        append_only(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if same_key and size:
+            for existing in _parse(os.pread(fd, size, 0).decode("utf-8", "replace").splitlines()):
+                if existing.get("key") == same_key:
+                    return existing
+        # A line cut short by a crash or a full disk must not swallow this one.
+        lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+        data = lead + (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+        return entry
+    finally:
+        os.close(fd)
+
+
+def _parse(lines: list[str]) -> list[dict]:
+    found: dict[str, dict] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            found[f"line-{number}"] = {"id": f"line-{number}", "status": "unreadable", "detected": "",
+                                       "kind": "?", "title": f"unreadable line {number} of the register"}
+            continue
+        if entry.get("event") == "open" and entry["id"] not in found:
+            found[entry["id"]] = {**entry, "status": "open"}
+        elif entry.get("event") == "close" and entry["id"] in found:
+            found[entry["id"]].update(status="closed", closed=entry.get("closed"), note=entry.get("note", ""))
+    return list(found.values())
+
+
+def incidents(directory: str | os.PathLike | None = None) -> list[dict]:
+    """Every incident in the register, oldest first, each with its status (open, closed, or
+    unreadable for a line that cannot be read). Reading creates nothing: no folder yet means
+    no incident yet."""
+    if not os.path.lexists(directory or INCIDENT_DIR):
+        return []
+    try:
+        fd = _open_register(directory, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as handle:
+        return _parse(handle.read().splitlines())
 
 
 class State:
