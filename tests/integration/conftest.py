@@ -618,33 +618,6 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
     assert not found, f"{what} appears in the Ansible output ({log})"
 
 
-# ----------------------------------------------------------------------------- evidence
-EVIDENCE = "cabinet_evidence"
-
-
-def stamp(epoch: float | int | str | None) -> str:
-    """A time read on a host (seconds since 1970) as the report shows it: 2026-12-07 02:14 UTC."""
-    try:
-        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(epoch)))
-    except (TypeError, ValueError):
-        return "jamais"
-
-
-@pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
-    """evidence("Dernière sauvegarde hors site", "2026-12-07 02:14 UTC"): a value read from the
-    host that the compliance report shows beside the check's verdict (French label, plain
-    value). Record it before asserting, so that a failing check shows what it found. Never a
-    secret: the report is handed to the practice."""
-
-    def record(label: str, value: Any) -> None:
-        # A sentence is cut at 500 characters; data (the incident register) is kept whole.
-        text = value[:500] if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        request.node.user_properties.append((EVIDENCE, json.dumps([str(label), text], ensure_ascii=False)))
-
-    return record
-
-
 # ----------------------------------------------------------------------------- time bounds
 # --check-timeout bounds each check (its fixtures' set-up included); --host-budget bounds a
 # host's whole audit. A host whose check ran out of time, or past its budget, is reported
@@ -743,7 +716,16 @@ def scrub(config: pytest.Config, text: str) -> str:
 def failure_reason(config: pytest.Config, excinfo) -> str:
     """A failure in one or a few lines: the exception's type and message; when it has none (a
     bare assert), the failing statement of the check, which is code, not data."""
+    import re
+
     message = " ".join(str(excinfo.value).split())
+    # testinfra's "Unexpected exit code/output CommandResult(backend=<...>, ...)": the command
+    # and what it said, not the objects' representation.
+    shown = re.search(r"CommandResult\(.*?exit_status=(-?\d+), command=b?(['\"])(.*?)\2.*?stderr=b?(['\"])(.*?)\4",
+                      message)
+    if shown:
+        said = " ".join(shown[5].replace("\\n", " ").split())[:200]
+        message = f"the command `{shown[3]}` failed (exit {shown[1]})" + (f": {said}" if said else "")
     reason = f"{excinfo.typename}: {message}" if message else excinfo.typename
     if not message:
         for entry in reversed(excinfo.traceback):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import html
 import json
 import os
 import re
@@ -420,7 +419,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def inventory_file(source: Path) -> Path:
-    return source / "hosts.yml" if source.is_dir() else source
+    """A client's folder's hosts.yml; otherwise what was given (a file, or a folder Ansible reads whole)."""
+    return source / "hosts.yml" if (source / "hosts.yml").is_file() else source
 
 
 def inventory_hash(source: Path) -> str:
@@ -502,7 +502,7 @@ def main(argv: list[str]) -> int:
         return 0
     status = 0
     for source in args.inventory:
-        if not inventory_file(source).is_file():
+        if not inventory_file(source).exists():
             print(f"ERROR: {source}: no inventory there (expected a folder with hosts.yml)", file=sys.stderr)
             status = 2
             continue

@@ -404,3 +404,19 @@ def test_a_failure_shows_no_secret_and_no_compared_value(rig, tmp_path):
     assert shown == "AssertionError (test_fake.py:2: assert 'secondary' in conf)"
     shown = rig.failure_reason(Config(), failing("raise AssertionError('upsmon.conf holds S3cret-Ups-Pass and Lw6!pZ2@nX9#')"))
     assert "S3cret" not in shown and "Lw6!" not in shown and shown.count("[secret masqué]") == 2
+
+
+def test_a_failed_command_reads_as_the_command_and_what_it_said(rig, tmp_path):
+    class Config:
+        def getoption(self, name, default=None):
+            return default
+
+    try:
+        raise RuntimeError("Unexpected exit code 1 for CommandResult(backend=<conftest.RuncPodmanBackend object at "
+                           "0x7f>, exit_status=1, command=b'cat -- /etc/cabinet/login-watch.json', _stdout=b'', "
+                           "_stderr=b'cat: /etc/cabinet/login-watch.json: No such file or directory\\n')")
+    except RuntimeError:
+        info = pytest.ExceptionInfo.from_current()
+    assert rig.failure_reason(Config(), info) == (
+        "RuntimeError: the command `cat -- /etc/cabinet/login-watch.json` failed (exit 1): "
+        "cat: /etc/cabinet/login-watch.json: No such file or directory")

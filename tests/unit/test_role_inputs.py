@@ -34,7 +34,7 @@ ALERTING = {
 }
 GOOD = {
     "alerting": ALERTING,
-    "password_policy": {},
+    "password_policy": {**ALERTING},  # alerting is a dependency (the failed-login watch alerts)
     # auto_updates depends on alerting, whose variables it therefore needs too.
     "auto_updates": {**ALERTING, "auto_updates_extra_origins": ["origin=MSP,label=MSP tools"],
                      "auto_updates_package_blacklist": ["^postgresql-"]},
