@@ -688,23 +688,43 @@ def _secret_values(source: str) -> tuple[str, ...]:
     first, for scrub(): they never reach the report, whatever a check's message held."""
     import re
 
+    import html
+
     inventory = _inventory(source)
     found: set[str] = set()
     named = re.compile(r"(pass(word|phrase|wd)?|secret|token|private_key|_key$|^vault_)", re.I)
+
+    def collect(value: Any, secret: bool) -> None:
+        """Strings under a secret's name, at any depth (a site's tls_private_key in a list)."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                collect(item, secret or bool(named.search(str(key))))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item, secret)
+        elif secret and isinstance(value, str) and len(value.strip()) >= 4:
+            value = value.strip()
+            # As written, and as a message may show it: whitespace folded, escaped for JSON, as
+            # Python shows bytes, for XML/HTML; each line of a multi-line one (a PEM key).
+            forms = {value, " ".join(value.split()), json.dumps(value)[1:-1], repr(value.encode())[2:-1],
+                     html.escape(value), html.escape(value, quote=False)}
+            forms |= {line.strip() for line in value.splitlines() if len(line.strip()) >= 8}
+            found.update(f for f in forms if len(f) >= 4)
+
     for name in inventory.hosts("all"):
         for var, value in inventory.vars(name).items():
-            if not named.search(str(var)):
+            if not named.search(str(var)) and not isinstance(value, (dict, list)):
                 continue
             try:
                 value = inventory.template(name, value)
             except Exception:  # noqa: BLE001 - a value that does not template is used as written
                 pass
-            if isinstance(value, str) and len(value.strip()) >= 6:
-                found.add(value.strip())
+            collect(value, bool(named.search(str(var))))
     return tuple(sorted(found, key=len, reverse=True))
 
 
 def scrub(config: pytest.Config, text: str) -> str:
+    """``text`` with every secret of the inventory masked: before anything cuts it short."""
     source = config.getoption("ansible_inventory", default=None)
     if not source or not text:
         return text
@@ -718,7 +738,7 @@ def failure_reason(config: pytest.Config, excinfo) -> str:
     bare assert), the failing statement of the check, which is code, not data."""
     import re
 
-    message = " ".join(str(excinfo.value).split())
+    message = " ".join(scrub(config, str(excinfo.value)).split())
     # testinfra's "Unexpected exit code/output CommandResult(backend=<...>, ...)": the command
     # and what it said, not the objects' representation.
     shown = re.search(r"CommandResult\(.*?exit_status=(-?\d+), command=b?(['\"])(.*?)\2.*?stderr=b?(['\"])(.*?)\4",
@@ -760,8 +780,8 @@ def evidence(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
 
     def record(label: str, value: Any) -> None:
         # A sentence is cut at 500 characters; data (the incident register) is kept whole.
-        text = value[:500] if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-        text = scrub(request.config, text)
+        text = scrub(request.config, value)[:500] if isinstance(value, str) else \
+            scrub(request.config, json.dumps(value, ensure_ascii=False, default=str))
         request.node.user_properties.append((EVIDENCE, json.dumps([str(label), text], ensure_ascii=False)))
 
     return record

@@ -45,7 +45,7 @@ HYGIENE = HERE / "hygiene.yml"
 SCHEMA = 1
 NOT_APPLICABLE = "n/a: "
 INVENTORY_ROW = "(inventaire)"  # checks of the inventory itself, not of a host (shown only when they fail)
-INCIDENT_ID = re.compile(r"^(\d{8}T\d{6}Z-[0-9a-f]{8}|line-\d{1,9})$")
+INCIDENT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}|line-[0-9]{1,9}")  # fullmatch
 INCIDENTS_SHOWN = 30  # open incidents the report details (the newest); the rest are counted
 INCIDENTS_LABEL = "incidents"  # the evidence label under which the alerting suite hands over the register
 INCIDENT_HOURS = 72
@@ -138,12 +138,12 @@ def build_report(results: dict, controls: dict, hygiene: dict, meta: dict) -> di
             checks = per.get((key, host), [])
             if host == INVENTORY_ROW and not any(c["state"] == "failed" for c in checks):
                 continue  # an inventory-wide check counts when it finds a gap, not otherwise
-            if host in unreachable and checks:
-                status = "injoignable"
-            elif not checks:
+            if not checks:
                 continue
-            elif any(c["state"] == "failed" for c in checks):
-                status = "ecart"
+            if any(c["state"] == "failed" for c in checks):
+                status = "ecart"  # a gap found stays a gap, whatever happened to the host after
+            elif any(c["state"] == "unreachable" for c in checks):
+                status = "injoignable"  # some of this practice's checks could not run: not compliant
             elif any(c["state"] == "passed" for c in checks):
                 status = "conforme"
             elif any(c["state"] == "not_run" for c in checks):
@@ -169,7 +169,7 @@ def build_report(results: dict, controls: dict, hygiene: dict, meta: dict) -> di
                               "hosts": rows, "refs": refs})
 
     open_incidents = []
-    for item in incidents[-1000:]:
+    for item in incidents:
         if item["status"] == "closed":
             continue
         detected = parse_time(item["detected"])
@@ -227,21 +227,27 @@ def register_entries(value: Any, audited: str, hosts_info: dict, repositories: l
                  "title": "le registre des incidents de cette machine n'a pas pu être lu", "details": "", "about": "",
                  "host": audited}]
     server = "backup_offsite" in hosts_info.get(audited, {}).get("groups", [])
-    kept = []
-    for entry in found[-1000:]:
+    kept, closed = [], 0
+    for entry in reversed(found[-20000:]):  # newest first: every open incident, the 200 newest closed ones
         if not isinstance(entry, dict):
             continue
         text = {k: str(entry.get(k, ""))[:1000] for k in ("id", "status", "detected", "kind", "nature", "title",
                                                          "details", "about", "closed", "note")}
         if server and text["about"] and text["about"] not in repositories:
             continue
-        if not INCIDENT_ID.match(text["id"]):
+        if server and not text["about"]:
+            text["details"] = ""  # the shared server's own incident: its details may name other practices
+        if text["status"] == "closed":
+            closed += 1
+            if closed > 200:
+                continue
+        if not INCIDENT_ID.fullmatch(text["id"]):
             text["id"] = ""
         if text["status"] not in ("open", "closed"):
             text["status"] = "unreadable"
         text["nature"] = text["nature"] or "Incident"
         kept.append({**text, "host": audited})
-    return kept
+    return kept[::-1]
 
 
 def merge_refs(all_refs) -> dict:
@@ -367,7 +373,7 @@ def gap_keys(report: dict) -> dict[tuple[str, str], str]:
             for gap in row["gaps"]:
                 keys[(row["host"], gap["control"])] = gap["libelle"]
             if row["status"] == "injoignable":
-                keys[(row["host"], "injoignable")] = f"{row['host']} injoignable"
+                keys[(row["host"], "injoignable")] = "machine injoignable"
     return keys
 
 
@@ -502,6 +508,12 @@ def main(argv: list[str]) -> int:
         return 0
     status = 0
     for source in args.inventory:
+        several = source.is_dir() and not (source / "hosts.yml").is_file() and any(source.glob("*/hosts.yml"))
+        if several:
+            print(f"ERROR: {source}: the folder of several clients; name each (--inventory {source}/<client>)",
+                  file=sys.stderr)
+            status = 2
+            continue
         if not inventory_file(source).exists():
             print(f"ERROR: {source}: no inventory there (expected a folder with hosts.yml)", file=sys.stderr)
             status = 2

@@ -209,3 +209,22 @@ def test_cabinet_alert_knows_the_register_s_kinds_without_importing_the_helpers(
         alert.main(["-p", "antivirus", "-s", "critical", "--incident", "virus", "--incident-detected", "hier",
                     "-t", "Virus"])
     assert stop.value.code == 2
+
+
+def test_a_file_name_with_a_unicode_line_break_cannot_split_the_register(tmp_path):
+    """U+2028, U+2029 and U+0085 end a line for str.splitlines(): a virus's file name holding one
+    must not turn the incident into two unreadable lines."""
+    folder = tmp_path / "incidents"
+    name = "/srv/cabinet/a\u2028b\u0085c\u2029.pdf"
+    for _ in range(2):
+        cc.record_incident("virus", "antivirus", "critical", f"Virus quarantined in {name}", name, "h",
+                           key=f"quarantined-{name}", directory=folder)
+    found = cc.incidents(folder)
+    assert [(i["status"], i["title"]) for i in found] == [("open", f"Virus quarantined in {name}")]
+
+
+def test_a_long_key_is_recorded_once(tmp_path):
+    folder = tmp_path / "incidents"
+    for _ in range(3):
+        cc.record_incident("virus", "antivirus", "critical", "t", "d", "h", key="k" * 500, directory=folder)
+    assert len(lines(folder)) == 1

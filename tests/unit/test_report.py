@@ -420,3 +420,62 @@ def test_a_failed_command_reads_as_the_command_and_what_it_said(rig, tmp_path):
     assert rig.failure_reason(Config(), info) == (
         "RuntimeError: the command `cat -- /etc/cabinet/login-watch.json` failed (exit 1): "
         "cat: /etc/cabinet/login-watch.json: No such file or directory")
+
+
+def test_a_gap_found_before_the_host_stalled_stays_a_gap_and_other_practices_keep_their_verdict():
+    results = recorded()
+    stalled = "CheckTimeout: srv: run ran past 300 s"
+    results["checks"] += [{**check("test_antivirus.py::test_quarantine", "srv", "error", stalled), "unreachable": stalled}]
+    report = build.build_report(results, CONTROLS, HYGIENE, META)
+    assert row(report, "antivirus", "srv")["status"] == "ecart"  # its real gap (signatures) is kept
+    assert row(report, "backup", "srv")["status"] == "conforme"  # every backup check ran and passed
+    results["checks"] = [c for c in results["checks"] if not (c["check"] == "test_antivirus.py::test_fresh"
+                                                              and c["host"] == "srv")]
+    assert row(build.build_report(results, CONTROLS, HYGIENE, META), "antivirus", "srv")["status"] == "injoignable"
+
+
+def test_a_flood_of_closed_incidents_cannot_push_an_open_one_out():
+    results = recorded()
+    old = {"id": "20261101T000000Z-0000aaaa", "status": "open", "detected": "2026-11-01T00:00:00Z", "kind": "virus",
+           "title": "the old open one"}
+    flood = [{"id": f"20261201T{i:06d}Z-0000bbbb", "status": "closed", "detected": "2026-12-01T00:00:00Z",
+              "kind": "failed_logins", "title": "burst"} for i in range(3000)]
+    results["checks"].append(check("test_alerting.py::test_register", "ws-1", evidence=[("incidents", json.dumps([old, *flood]))]))
+    report = build.build_report(results, CONTROLS, HYGIENE, META)
+    assert "the old open one" in [i["title"] for i in report["incidents"]]
+    assert len(report["closed_incidents"]) <= 201 + 1
+
+
+def test_the_shared_server_s_own_incidents_show_no_details():
+    results = recorded()
+    results["inventory"]["hosts"]["backup1"] = {"groups": ["backup_offsite"]}
+    own = {"id": "20261207T030000Z-0000cccc", "status": "open", "detected": "2026-12-07T03:00:00Z", "kind": "integrity",
+           "title": "Files changed outside package updates", "details": "changed /srv/borg/cabinet-dupont/config"}
+    results["checks"].append(check("test_alerting.py::test_register", "backup1", evidence=[("incidents", json.dumps([own]))]))
+    shown = [i for i in build.build_report(results, CONTROLS, HYGIENE, META)["incidents"] if i["host"] == "backup1"]
+    assert shown and shown[0]["details"] == ""
+
+
+def test_the_folder_of_several_clients_is_refused(tmp_path, capsys):
+    for client in ("tilleuls", "chenes"):
+        (tmp_path / client).mkdir()
+        (tmp_path / client / "hosts.yml").write_text("all: {}\n", encoding="utf-8")
+    assert build.main(["run", "--inventory", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "the folder of several clients" in capsys.readouterr().err
+
+
+def test_secrets_are_masked_in_every_form_a_message_can_show_them(rig, tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    h1:\n      ups_monitoring_password: 'Pässwort 99'\n      website_privacy_sites:\n"
+        "        - name: www\n          tls_private_key: \"-----BEGIN KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END KEY-----\"\n"
+        "      short_token: 'abcd'\n", encoding="utf-8")
+
+    class Config:
+        def getoption(self, name, default=None):
+            return str(inventory) if name == "ansible_inventory" else default
+
+    shown = rig.scrub(Config(), "bytes: P\\xc3\\xa4sswort 99; json: \"P\\u00e4sswort 99\"; folded: Pässwort 99; "
+                                "pem line: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC; short: abcd")
+    for piece in ("sswort", "MIIEvQ", "abcd"):
+        assert piece not in shown, shown

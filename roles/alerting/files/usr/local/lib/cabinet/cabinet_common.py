@@ -205,7 +205,7 @@ def record_incident(kind: str, practice: str, severity: str, title: str, details
              "detected": at, "kind": kind, "nature": INCIDENT_KINDS[kind], "practice": practice,
              "severity": severity, "host": host, "title": title[:INCIDENT_FIELD_LIMIT],
              "details": details.strip()[:INCIDENT_FIELD_LIMIT], "key": key[:300], "about": about[:200]}
-    return _append(directory, entry, same_key=key)
+    return _append(directory, entry, same_key=entry["key"])
 
 
 def close_incident(incident_id: str, note: str, *, directory: str | os.PathLike | None = None,
@@ -229,12 +229,13 @@ def _append(directory: str | os.PathLike | None, entry: dict, same_key: str = ""
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if same_key and size:
-            for existing in _parse(os.pread(fd, size, 0).decode("utf-8", "replace").splitlines()):
+            for existing in _parse(os.pread(fd, size, 0).decode("utf-8", "replace").split("\n")):
                 if existing.get("key") == same_key:
                     return existing
         # A line cut short by a crash or a full disk must not swallow this one.
         lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
-        data = lead + (json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        # ASCII JSON: no character of a file name (U+2028, U+0085...) can end a line early.
+        data = lead + (json.dumps(entry, ensure_ascii=True, sort_keys=True) + "\n").encode("ascii")
         while data:
             data = data[os.write(fd, data):]
         os.fsync(fd)
@@ -274,7 +275,7 @@ def incidents(directory: str | os.PathLike | None = None) -> list[dict]:
     except FileNotFoundError:
         return []
     with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as handle:
-        return _parse(handle.read().splitlines())
+        return _parse(handle.read().split("\n"))
 
 
 class State:
