@@ -868,7 +868,9 @@ def pytest_collection_modifyitems(items) -> None:
     (pytest_generate_tests groups each host's tests for pytest-xdist.)"""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if "host" in params:
+        # (An inventory with no host in a suite's group, such as a practice without a website,
+        # gives pytest's empty parameter set: no host to name, the check is skipped.)
+        if isinstance(params.get("host"), str):
             item.user_properties.append(("cabinet_host", params["host"].encode().decode()))
 
 
