@@ -7,8 +7,6 @@ PDF made from it holds the same sections."""
 from __future__ import annotations
 
 import ast
-import copy
-import datetime as dt
 import json
 import os
 import re
@@ -18,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "report"))
