@@ -187,12 +187,11 @@ def test_no_security_update_pending_too_long(host, expect, evidence):
              if len(fields) >= 6 else "aucune dans les journaux de dpkg")
     required = host.file("/run/reboot-required")
     evidence("Redémarrage en attente", f"oui, depuis le {stamp(required.mtime.timestamp())}" if required.exists else "non")
-    if state_file.exists:
-        upgraded = json.loads(state_file.content_string).get("last_upgrade_success")
-        evidence("Dernière mise à jour automatique réussie", stamp(upgraded))
     if not state_file.exists:
         not_applicable("the daily check has not run on this host yet: no pending update has been recorded")
-    pending = json.loads(state_file.content_string).get("pending_security", {})
+    state = json.loads(state_file.content_string)
+    evidence("Dernière mise à jour automatique réussie", stamp(state.get("last_upgrade_success")))
+    pending = state.get("pending_security", {})
     limit = expect("auto_updates_pending_security_max_days") * 86400
     overdue = [p for p, first in pending.items() if time.time() - first > limit]
     assert overdue == [], f"security updates pending too long: {overdue}"

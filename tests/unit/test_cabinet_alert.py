@@ -26,6 +26,23 @@ def fake_journal(monkeypatch) -> list:
     return sent
 
 
+def mail_rig(monkeypatch, tmp_path, sendmail_rc: int = 0):
+    """cabinet-alert loaded with a fake journal, its settings in tmp_path and a sendmail that
+    writes the mail to tmp_path/mail and exits ``sendmail_rc``. Returns (module, mail path)."""
+    fake_journal(monkeypatch)
+    alert = load()
+    config = tmp_path / "alerting.conf"
+    config.write_text("[alerting]\nmsp_address = alertes@msp.example\npractice_name = Cabinet\nhostname = h.example\n",
+                      encoding="utf-8")
+    mail = tmp_path / "mail"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\ncat > {mail}\nexit {sendmail_rc}\n", encoding="utf-8")
+    sendmail.chmod(0o755)
+    monkeypatch.setattr(alert, "CONFIG", str(config))
+    monkeypatch.setattr(alert, "SENDMAIL", str(sendmail))
+    return alert, mail
+
+
 def test_multiline_details_stay_in_the_message_and_add_no_field(monkeypatch):
     sent = fake_journal(monkeypatch)
     alert = load()
@@ -56,17 +73,7 @@ def test_an_alert_with_odd_bytes_and_line_breaks_is_still_mailed(monkeypatch, tm
     """A Latin-1 file name in the details, a title with CR/LF: the alert still goes out."""
     import io
 
-    fake_journal(monkeypatch)
-    alert = load()
-    config = tmp_path / "alerting.conf"
-    config.write_text("[alerting]\nmsp_address = alertes@msp.example\npractice_name = Cabinet\nhostname = h.example\n",
-                      encoding="utf-8")
-    mail = tmp_path / "mail"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat > {mail}\n", encoding="utf-8")
-    sendmail.chmod(0o755)
-    monkeypatch.setattr(alert, "CONFIG", str(config))
-    monkeypatch.setattr(alert, "SENDMAIL", str(sendmail))
+    alert, mail = mail_rig(monkeypatch, tmp_path)
 
     class Stdin:
         buffer = io.BytesIO(b"Fichier : /srv/patients/caf\xe9.pdf\r\nSubject: forged\n")

@@ -12,7 +12,7 @@ import pytest
 
 import cabinet_common as cc
 from conftest import load_script
-from test_cabinet_alert import fake_journal
+from test_cabinet_alert import mail_rig
 
 ROOT = Path(__file__).resolve().parents[2]
 SBIN = ROOT / "roles" / "alerting" / "files" / "usr" / "local" / "sbin"
@@ -121,17 +121,8 @@ def test_alert_passes_the_incident_kind_and_refuses_an_unknown_one(monkeypatch):
 
 
 def alert_rig(monkeypatch, tmp_path, sendmail_rc: int = 0):
-    fake_journal(monkeypatch)
-    alert = load_script(SBIN / "cabinet-alert")
-    config = tmp_path / "alerting.conf"
-    config.write_text("[alerting]\nmsp_address = alertes@msp.example\npractice_name = Cabinet\nhostname = h.example\n",
-                      encoding="utf-8")
-    mail = tmp_path / "mail"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat > {mail}\nexit {sendmail_rc}\n", encoding="utf-8")
-    sendmail.chmod(0o755)
-    monkeypatch.setattr(alert, "CONFIG", str(config))
-    monkeypatch.setattr(alert, "SENDMAIL", str(sendmail))
+    """test_cabinet_alert's mail rig, with the register in tmp_path."""
+    alert, mail = mail_rig(monkeypatch, tmp_path, sendmail_rc)
     folder = tmp_path / "incidents"
     real = cc.record_incident
     monkeypatch.setattr(alert, "record_incident", lambda *a, **kw: real(*a, directory=folder, **kw))
