@@ -28,7 +28,7 @@ export ANSIBLE_NOCOLOR := 1
 STRATEGY_PLUGINS := $(abspath scripts/strategy_plugins)
 WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && $(PY) -c 'import ansible_mitogen' 2>/dev/null; then export ANSIBLE_STRATEGY_PLUGINS="$(STRATEGY_PLUGINS)" ANSIBLE_STRATEGY=cabinet_mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
-.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean report report-test clean
+.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean report report-test fleet bench ee ee-test clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -100,6 +100,30 @@ report: venv ## Compliance report: make report INVENTORY="inventories/<client> [
 # test in the alerting scenario; the demo's own run is too long for CI's budget (README).
 report-test: venv ## The compliance report's live test on the demo practice (after make demo)
 	@$(WITH_MITOGEN) $(BIN)/pytest -p no:cacheprovider -q -rA tests/report/test_live_report.py --ansible-inventory=inventories/demo/hosts.yml
+
+# The fleet (scripts/fleet.py): a playbook applied to every client folder of CLIENTS, PARALLEL
+# clients at a time; per-client logs and results, a summary table, exit 1 if any client failed.
+# ARGS go to ansible-playbook (--check --diff, --tags backup, --ask-vault-pass...).
+CLIENTS  ?=
+PLAYBOOK ?= playbooks/site.yml
+PARALLEL ?= 4
+ARGS     ?=
+fleet: venv ## Every client: make fleet CLIENTS=<folder of inventories> [PLAYBOOK=...] [PARALLEL=4] [ARGS="--check"]
+	@test -n "$(CLIENTS)" || { echo "ERROR: name the folder of client inventories: make fleet CLIENTS=clients/" >&2; exit 2; }
+	@$(WITH_MITOGEN) $(PY) scripts/fleet.py "$(CLIENTS)" --playbook "$(PLAYBOOK)" --parallel "$(PARALLEL)" $(if $(ARGS),-- $(ARGS))
+
+# The controller's cost (scripts/bench.py): idempotent re-runs of site.yml on 1, 4 and 8 small
+# practices (containers), over SSH with and without mitogen; a benchmark, not a test (README).
+bench: setup ## Controller CPU and wall time per host-task, with and without mitogen (about 30 min)
+	@$(PY) scripts/bench.py $(ARGS)
+
+# The execution environment for AWX / ansible-navigator (execution-environment.yml), and its
+# proof: site.yml --check inside it, with ansible-runner, against the demo practice over SSH.
+ee: venv images ## Build the execution environment image (ansible-builder, podman)
+	@bash scripts/ee.sh build
+
+ee-test: venv ## site.yml --check inside the execution environment against the demo (after make demo, make ee)
+	@bash scripts/ee.sh test
 
 demo-clean: ## Remove the demo practice's containers and network
 	@$(WITH_MITOGEN) bash scripts/demo.sh clean

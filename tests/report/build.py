@@ -387,8 +387,49 @@ def changes(current: dict, previous: dict | None) -> dict:
             "fixed": [{"host": h, "control": c, "libelle": before[(h, c)]} for h, c in sorted(set(before) - set(now))]}
 
 
+ENFORCEMENT_RESULTS = {
+    "ok": "appliquée, rien à changer",
+    "changed": "appliquée",
+    "unreachable": "partielle (machine injoignable)",
+    "failed": "échec",
+    "timeout": "interrompue (trop longue)",
+    "error": "erreur",
+}
+
+
+def enforcement(out: Path) -> dict:
+    """Each client's last run of scripts/fleet.py (make fleet): <out>/enforcement.json, if any.
+
+    Written by the MSP's own runner on the controller, yet read as data: anything that is not
+    the expected shape is left out, never shown raw."""
+    try:
+        data = json.loads((out / "enforcement.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    clients = data.get("clients") if isinstance(data, dict) else None
+    if not isinstance(clients, dict):
+        return {}
+    kept = {}
+    for client, run in clients.items():
+        if not isinstance(run, dict) or run.get("result") not in ENFORCEMENT_RESULTS:
+            continue
+        unreachable = run.get("hosts_unreachable") if isinstance(run.get("hosts_unreachable"), list) else []
+        failed = run.get("hosts_failed") if isinstance(run.get("hosts_failed"), list) else []
+        kept[str(client)] = {
+            "finished": str(run.get("finished", "")),
+            "playbook": str(run.get("playbook", "")),
+            "result": run["result"],
+            "libelle": ENFORCEMENT_RESULTS[run["result"]],
+            "changed": run.get("changed") if isinstance(run.get("changed"), int) else 0,
+            "hosts_unreachable": [str(h) for h in unreachable][:50],
+            "hosts_failed": [str(h) for h in failed][:50],
+        }
+    return kept
+
+
 def build_fleet(out: Path, practices: dict) -> dict:
     rows = []
+    runs = enforcement(out)
     for client, paths in previous_reports(out).items():
         current = json.loads(paths[0].read_text(encoding="utf-8"))
         previous = json.loads(paths[1].read_text(encoding="utf-8")) if len(paths) > 1 else None
@@ -397,7 +438,12 @@ def build_fleet(out: Path, practices: dict) -> dict:
                      "status": current["summary"]["status"], "practices": current["summary"]["practices"],
                      "open_incidents": current["summary"]["open_incidents"],
                      "unreachable": current["summary"]["unreachable_hosts"],
-                     "changes": changes(current, previous)})
+                     "changes": changes(current, previous), "enforcement": runs.get(client)})
+    # A client enforced by make fleet but not reported yet still has its row.
+    for client in sorted(set(runs) - {row["client"] for row in rows}):
+        rows.append({"client": client, "practice_name": client, "generated": None, "link": None,
+                     "status": "non_verifie", "practices": {k: "non_verifie" for k in practices},
+                     "open_incidents": 0, "unreachable": [], "changes": None, "enforcement": runs[client]})
     return {"schema": SCHEMA, "practices": {k: v["titre"] for k, v in practices.items()}, "rows": rows}
 
 
@@ -465,10 +511,15 @@ def audit(source: Path, folder: Path, check_timeout: int, workers: int, host_bud
     return done.returncode
 
 
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_timeout: int, workers: int,
-               host_budget: int = 1800, stamp: dt.datetime | None = None) -> tuple[dict, Path]:
+               host_budget: int = 1800, stamp: dt.datetime | None = None, client: str | None = None) -> tuple[dict, Path]:
     stamp = stamp or dt.datetime.now(dt.timezone.utc)
-    client = (source if source.is_dir() else source.parent).name
+    client = client or (source if source.is_dir() else source.parent).name
+    if not CLIENT_NAME.match(client):
+        raise ValueError(f"{client!r}: a client's name is letters, digits, '.', '-' and '_' (64 at most)")
     folder = out / client / stamp.strftime("%Y-%m-%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=False)
     os.chmod(folder, 0o750)
@@ -498,6 +549,8 @@ def main(argv: list[str]) -> int:
     run.add_argument("--host-budget", type=int, default=1800,
                      help="seconds a host's audit may take; past it the host is reported unreachable (default 1800)")
     run.add_argument("--workers", type=int, default=2, help="hosts audited side by side (pytest-xdist)")
+    run.add_argument("--client", help="the client's name (default: the inventory's folder name); one --inventory only. "
+                                      "AWX gives a job its inventory as a file of its own: playbooks/report.yml names the client")
     fleet = sub.add_parser("fleet", help="rewrite the fleet page from the reports already there")
     fleet.add_argument("--out", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
@@ -506,6 +559,8 @@ def main(argv: list[str]) -> int:
     if args.action == "fleet":
         print(f"==> fleet page: {write_fleet(args.out, controls)}")
         return 0
+    if args.client and len(args.inventory) > 1:
+        parser.error("--client names one client: give one --inventory with it")
     status = 0
     for source in args.inventory:
         several = source.is_dir() and not (source / "hosts.yml").is_file() and any(source.glob("*/hosts.yml"))
@@ -521,7 +576,7 @@ def main(argv: list[str]) -> int:
         print(f"==> auditing {source} (read-only)", flush=True)
         try:
             report, folder = report_one(source, args.out, controls, hygiene, args.check_timeout, args.workers,
-                                        args.host_budget)
+                                        args.host_budget, client=args.client)
         except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the others
             print(f"ERROR: {source}: the report could not be made: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = 2

@@ -584,6 +584,14 @@ def test_validation_comes_first(role):
     import yaml
 
     tasks = yaml.safe_load((ROOT / "roles" / role / "tasks" / "main.yml").read_text(encoding="utf-8"))
+    if role == "alerting":
+        # Alerting's one exception: a later play of the same run stops before validating again
+        # what this run validated and applied (test_alerting_is_applied_once_a_run_not_once_a_play).
+        # It may only look at this run's token and its own mark, which validate.yml draws.
+        guard = tasks.pop(0)
+        assert guard.get("ansible.builtin.meta") == "end_role", guard
+        assert guard.get("when") == ["cabinet_run_token | default('') | length > 0",
+                                     "__cabinet_alerting_applied | default('') == cabinet_run_token"], guard
     first = tasks[0]
     assert first.get("ansible.builtin.import_tasks") == "validate.yml", first
     assert "always" in first.get("tags", []), "validation must run whatever tags were asked for"
@@ -614,7 +622,14 @@ def test_validation_table_matches_the_practice_playbooks():
     """playbooks/validate.yml's table of where each role applies says what the playbooks say."""
     import yaml
 
-    table = yaml.safe_load((PLAYBOOKS / "validate.yml").read_text(encoding="utf-8"))[0]["vars"]["__cabinet_role_groups"]
+    validate = yaml.safe_load((PLAYBOOKS / "validate.yml").read_text(encoding="utf-8"))
+    # First, every host of the run is reached, so that one switched off is left out rather than
+    # failing the validation's any_errors_fatal (test_a_host_that_is_off_leaves_the_others_enforced).
+    reach, check = validate[0], validate[1]
+    assert [t.get("ansible.builtin.ping", "not a ping") for t in reach["tasks"]] == [None]
+    assert reach["hosts"] == check["hosts"] and not reach.get("any_errors_fatal")
+    assert check["any_errors_fatal"] is True
+    table = check["vars"]["__cabinet_role_groups"]
     for role, groups in table.items():
         entry = yaml.safe_load((PLAYBOOKS / f"{role}.yml").read_text(encoding="utf-8"))
         # seal.yml, last, records the run's end for the integrity check (it changes no setting).
@@ -637,7 +652,7 @@ def test_validation_table_matches_the_practice_playbooks():
 
 def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None = None,
                     playbook: str = "site.yml", groups: dict | None = None,
-                    limit: str | None = None) -> subprocess.CompletedProcess:
+                    limit: str | None = None, extra_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(json.dumps({"all": {"vars": inventory_vars or {}, "children": groups or {
         "cabinet_managed": {"hosts": {"localhost": {}}},
@@ -649,7 +664,7 @@ def _site_check_run(tmp_path: Path, variables: dict, inventory_vars: dict | None
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
          str(PLAYBOOKS / playbook), "-e", f"@{extra}", "-e", "ansible_connection=local",
-         "-e", f"ansible_python_interpreter={sys.executable}", *(["--limit", limit] if limit else [])],
+         "-e", f"ansible_python_interpreter={sys.executable}", *(["--limit", limit] if limit else []), *extra_args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -746,3 +761,60 @@ def test_every_role_checks_each_of_its_switches_is_true_or_false():
             continue
         checked = set(re.findall(r"^\s*'(\w+)': \1,?$", (ROOT / "roles" / role / "tasks" / "validate.yml").read_text(), re.M))
         assert checked == switches, f"{role}: the switch check misses {switches - checked} or names {checked - switches}"
+
+
+def test_a_host_that_is_off_leaves_the_others_enforced(tmp_path):
+    """A workstation switched off at night must not stop its practice's run.
+
+    The validation play has any_errors_fatal, and Ansible's linear strategy treats an
+    unreachable host there like a failed one: before playbooks/validate.yml reached every host
+    first, one machine that was off marked every other host failed and nothing was applied."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"cabinet_managed": {"hosts": {
+        "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+        # Nothing listens on the discard port: the connection is refused at once.
+        "switched-off": {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
+                         "ansible_user": "nobody"},
+    }}}}}), encoding="utf-8")
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps(GOOD["alerting"]), encoding="utf-8")
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_LOCALHOST_WARNING="false",
+                      ANSIBLE_HOST_KEY_CHECKING="false", ANSIBLE_TIMEOUT="5")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--check", "-i", str(inventory),
+         str(PLAYBOOKS / "alerting.yml"), "-e", f"@{extra}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    recap = {line.split()[0]: line for line in output.split("PLAY RECAP", 1)[-1].splitlines() if " : ok=" in line}
+    assert "unreachable=1" in recap.get("switched-off", ""), output[-3000:]
+    assert "failed=0" in recap.get("localhost", ""), output[-3000:]
+    tasks_run = output.split("PLAY [Alerting", 1)
+    assert len(tasks_run) == 2 and "Install" in tasks_run[1], f"the practice's play was not applied:\n{output[-3000:]}"
+    assert done.returncode == 4, f"exit {done.returncode}: ansible-playbook's code for an unreachable host\n{output[-2000:]}"
+
+
+@pytest.mark.parametrize("inventory_vars", [
+    {},
+    # The mark and the token from the inventory: validate.yml's own token outranks it.
+    {"cabinet_run_token": "x", "__cabinet_alerting_applied": "x"},
+], ids=["plain", "inventory-forges-the-mark"])
+def test_alerting_is_applied_once_a_run_not_once_a_play(tmp_path, inventory_vars):
+    """Every practice's role depends on alerting, and site.yml is one play a practice: alerting's
+    tasks ran in each play (six times a host, a third of a re-run's tasks). They now run in the
+    first play that applies alerting and stop at once in the later ones. --tags alerting keeps
+    the run to alerting's tasks (and the validation), in every play."""
+    variables = {**GOOD["alerting"], **GOOD["system_baseline"], **GOOD["auto_updates"], **GOOD["antivirus"]}
+    done = _site_check_run(tmp_path, variables, inventory_vars, "site.yml", groups={"cabinet_managed": {"hosts": {"localhost": {}}}},
+                           extra_args=("--tags", "alerting"))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    plays = [p for p in output.split("\nPLAY [")[1:]]
+    applying = [p.split("]", 1)[0] for p in plays if "TASK [alerting : Alerting | Install" in p]
+    assert applying == ["Alerting | Relay alerts and system mail to the MSP"], applying
+    # The later plays did include alerting (its argument specs show), then stopped before its
+    # validation and tasks: the relay password is vetted once a run, not once a play.
+    included = [p.split(" |", 1)[0] for p in plays if "TASK [alerting : Validating arguments against arg spec" in p]
+    assert included == ["Validate", "Alerting", "System baseline", "Password policy", "Auto updates", "Antivirus"], \
+        f"plays that included alerting: {included}\n{output[-3000:]}"
+    validated = [p.split(" |", 1)[0] for p in plays if "TASK [alerting : Alerting | Validate" in p]
+    assert validated == ["Validate", "Alerting"], f"plays that validated alerting: {validated}\n{output[-3000:]}"
