@@ -237,7 +237,7 @@ def measure(mode: str, size: int, clients_dir: Path, parallel: int) -> dict:
     logs = OUT / "runs" / f"{mode}-{size}"
     shutil.rmtree(logs, ignore_errors=True)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fleet.py"), str(clients_dir), "--parallel", str(min(parallel, size)),
-                           "--out", str(logs), "--reports", str(OUT / "reports")],
+                           "--out", str(logs), "--no-record"],
                           cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - start
     reap_all()
@@ -314,9 +314,6 @@ def main(argv: list[str]) -> int:
         parser.error("--modes: ssh and/or mitogen; --sizes: 1 to 32")
     if "mitogen" in modes and not has_mitogen():
         parser.error("mitogen is not installed in this Python (requirements.txt installs it)")
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise SystemExit("cannot become the subreaper of the runs: their CPU time would be undercounted")
     OUT.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
     if args.rebuild_seed:
@@ -332,6 +329,12 @@ def main(argv: list[str]) -> int:
     start_clones(count)
     scan_keys(CLONE_IPS, known)
     clients = write_clients(count, key, known)
+    # Only now, with every container up: podman's helpers (conmon, aardvark-dns) detach from
+    # the commands that start containers, and must not become this script's to end. From here
+    # on, what this script adopts comes from the measured runs (ssh masters, mitogen's processes).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise SystemExit("cannot become the subreaper of the runs: their CPU time would be undercounted")
     log(f"==> Settling the {count} clone(s) (a first run, not measured)")
     settle = measure("mitogen" if has_mitogen() else "ssh", count, size_folder(clients, count), args.parallel)
     log(f"    settled in {settle['wall_s']} s ({settle['changed']} changed; results {settle['results']})")

@@ -15,14 +15,23 @@ case "${1:-build}" in
     echo "==> Building $image with ansible-builder (log: build/ee/build.log)"
     start=$(date +%s)
     rm -rf build/ee/context build/ee/ca
-    # The controller's local certificate authorities go into the image (execution-environment.yml).
+    # Certificate authorities the image must trust besides Debian's (execution-environment.yml):
+    # none unless asked, since every job of the MSP's AWX would trust them. Behind a
+    # TLS-inspecting proxy: CABINET_EE_CA_DIR=/usr/local/share/ca-certificates (its *.crt, in
+    # subfolders too). Each one is listed with its fingerprint.
     mkdir -p build/ee/ca
-    ca_dir=${CABINET_EE_CA_DIR-/usr/local/share/ca-certificates}
-    if [ -n "$ca_dir" ] && compgen -G "$ca_dir/*.crt" > /dev/null; then
-      cp "$ca_dir"/*.crt build/ee/ca/
-      echo "    trusting the controller's local CAs: $(cd build/ee/ca && echo *.crt)"
+    ca_dir=${CABINET_EE_CA_DIR:-}
+    if [ -n "$ca_dir" ]; then
+      [ -d "$ca_dir" ] || { echo "ERROR: CABINET_EE_CA_DIR=$ca_dir is not a folder" >&2; exit 2; }
+      n=0
+      while IFS= read -r -d '' crt; do
+        n=$((n + 1))
+        cp "$crt" "build/ee/ca/$n-$(basename "$crt")"
+        echo "    trusting $(basename "$crt"): $(openssl x509 -noout -subject -fingerprint -sha256 -in "$crt" | tr '\n' ' ')"
+      done < <(find "$ca_dir" -type f -name '*.crt' -print0 | sort -z)
+      [ "$n" -gt 0 ] || echo "    CABINET_EE_CA_DIR=$ca_dir holds no *.crt: no authority added"
     fi
-    echo "The controller's local certificate authorities, copied by scripts/ee.sh." > build/ee/ca/README
+    echo "Certificate authorities added by scripts/ee.sh (CABINET_EE_CA_DIR); none when empty." > build/ee/ca/README
     if ! ansible-builder build -f execution-environment.yml -c build/ee/context -t "$image" \
         --container-runtime podman -v 2 > build/ee/build.log 2>&1; then
       tail -40 build/ee/build.log; echo "ERROR: the execution environment could not be built" >&2; exit 1
@@ -44,8 +53,7 @@ case "${1:-build}" in
     rc=0
     # As AWX runs a job: ansible-runner starts the EE with the project and inventory mounted.
     # The container joins the demo's network, where the practice's machines have their names.
-    ansible-runner run build/ee/run -p playbooks/site.yml \
-      --inventory /runner/project/inventories/demo-ee/hosts.yml --cmdline '--check' \
+    ansible-runner run build/ee/run -p playbooks/site.yml --cmdline=--check \
       --process-isolation --process-isolation-executable podman --container-image "$image" \
       --container-option=--network=cabinet-demo --container-option=--user=root \
       > build/ee/test.log 2>&1 || rc=$?

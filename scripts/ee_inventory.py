@@ -5,7 +5,7 @@ laid out as AWX lays out a job for ansible-runner.
     scripts/ee_inventory.py build/ee/run
 
 <run>/project/ is the repository as a clone has it (no .git, venv, build or reports), and
-<run>/project/inventories/demo-ee/ the demo practice reached as a client is: over SSH, by its
+<run>/inventory/ (where AWX and ansible-runner put a job's inventory) the demo practice reached as a client is: over SSH, by its
 machines' names on the demo's network, as msp-admin with its key (made by the lab's
 prepare.yml, lab_admin_account) and become through sudo, each host key known beforehand (read
 from inside each container, never trusted on first use). The demo's group_vars come along.
@@ -17,7 +17,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import yaml
@@ -27,19 +26,21 @@ SKIP = {".git", ".venv", "build", "reports", "__pycache__", ".pytest_cache"}
 
 
 def copy_project(dest: Path) -> None:
-    def keep(info: tarfile.TarInfo):
-        parts = Path(info.name).parts
-        return None if any(p in SKIP for p in parts) else info
-
-    dest.mkdir(parents=True)
-    archive = dest.parent / "project.tar"
-    with tarfile.open(archive, "w") as tar:
-        for entry in sorted(ROOT.iterdir()):
-            if entry.name not in SKIP:
-                tar.add(entry, arcname=entry.name, filter=keep)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="tar")
-    archive.unlink()
+    """The repository's files as git knows them (tracked, or new and not ignored), as AWX's
+    project update would check them out: no local secret (a vault password file, an awx.yml)
+    and no client inventory but the demo's."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        parts = Path(name).parts
+        if parts[0] in SKIP or (parts[0] == "inventories" and parts[1:2] != ("demo",)):
+            continue
+        source = ROOT / name
+        if not source.is_file() or source.is_symlink():
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
 
 def podman(*args: str) -> str:
@@ -51,12 +52,18 @@ def main(run: Path) -> int:
         shutil.rmtree(run)
     copy_project(run / "project")
     demo = yaml.safe_load((ROOT / "inventories" / "demo" / "hosts.yml").read_text(encoding="utf-8"))
-    inventory = run / "project" / "inventories" / "demo-ee"
+    inventory = run / "inventory"
     keys = inventory / "keys"
     keys.mkdir(parents=True)
     shutil.copytree(ROOT / "inventories" / "demo" / "group_vars", inventory / "group_vars")
     shutil.copytree(ROOT / "inventories" / "demo" / "files", inventory / "files")
-    inside = "/runner/project/inventories/demo-ee"
+    # The demo finds the lab's mail sink certificate from its inventory's place in the repository;
+    # here the inventory is outside the project, which is beside it.
+    main = inventory / "group_vars" / "all" / "main.yml"
+    text = main.read_text(encoding="utf-8")
+    assert "inventory_dir ~ '/../../molecule/" in text, "the demo's certificate lookup changed: update ee_inventory.py"
+    main.write_text(text.replace("inventory_dir ~ '/../../molecule/", "'/runner/project/molecule/"), encoding="utf-8")
+    inside = "/runner/inventory"
     account = demo["all"]["children"]["cabinet_managed"]["vars"]["lab_admin_account"]
 
     hosts: dict[str, dict] = {}
@@ -96,7 +103,7 @@ def main(run: Path) -> int:
     env.mkdir()
     (env / "envvars").write_text(json.dumps({"ANSIBLE_CONFIG": "/runner/project/ansible.cfg", "ANSIBLE_NOCOLOR": "1",
                                              "ANSIBLE_FORCE_COLOR": "0"}), encoding="utf-8")
-    print(f"==> {run}: the project and inventories/demo-ee ({', '.join(practice)} over SSH as {account})")
+    print(f"==> {run}: the project and the demo's inventory ({', '.join(practice)} over SSH as {account})")
     return 0
 
 

@@ -8,7 +8,10 @@ file. It does not replace the output callback: the run's log stays Ansible's own
   ignored): the fleet runner's result for a client comes from them, not from parsing text;
 - per play, its name, its wall time, the task headers shown and the host-task results of each
   kind: where a re-run spends its time (issue 15);
-- the whole run's wall time and host-task results.
+- the whole run's wall time and host-task results;
+- for each host that could not be reached, the play (its index, from 0) where that first
+  happened: 0 is a machine off from the start (playbooks/validate.yml's first play reaches every
+  host), more is a machine lost during the run.
 
 A host-task result is one task's outcome on one host (a loop's items count once). "executed"
 counts results that ran on the host (ok, changed, failed, unreachable); skipped ones are counted
@@ -49,6 +52,7 @@ class CallbackModule(CallbackBase):
         self._start = time.monotonic()
         self._plays: list[dict] = []
         self._play_start = None
+        self._unreachable_play: dict[str, int] = {}
 
     def _close_play(self):
         if self._plays and self._play_start is not None:
@@ -82,6 +86,7 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_unreachable(self, result):
         self._count("unreachable")
+        self._unreachable_play.setdefault(result._host.get_name(), max(len(self._plays) - 1, 0))
 
     def v2_runner_on_skipped(self, result):
         self._count("skipped")
@@ -104,6 +109,7 @@ class CallbackModule(CallbackBase):
             "task_headers": sum(p["tasks"] for p in self._plays),
             "results": totals,
             "executed": totals["ok"] + totals["changed"] + totals["failed"] + totals["unreachable"],
+            "unreachable_play": dict(sorted(self._unreachable_play.items())),
         }
         # Written whole, then renamed: a reader never sees half a file.
         folder = os.path.dirname(os.path.abspath(self._path))

@@ -11,8 +11,9 @@ folder each), and scripts/fleet.py applies playbooks/alerting.yml to all of them
     workstation named;
   - cabinet-c, one machine with a bad address in its inventory: stopped by the validation,
     nothing changed, and the other clients complete.
-The exit status is 1, the summary table names each result, and the fleet page shows each
-client's last enforcement. What the unit tests (tests/unit/test_fleet.py) prove with a stand-in
+cabinet-a and cabinet-c share a machine: the runner never runs them at once. The exit status
+is 1, the summary table names each result, and the fleet page shows each client's last
+enforcement. What the unit tests (tests/unit/test_fleet.py) prove with a stand-in
 ansible-playbook is proven here with the real one, its callback and real connections.
 """
 
@@ -112,3 +113,9 @@ def test_the_summary_and_the_fleet_page_tell_each_client(fleet_run):
     assert sorted(record["clients"]) == ["cabinet-a", "cabinet-b", "cabinet-c"]
     page = (fleet_run["reports"] / "index.html").read_text(encoding="utf-8")
     assert "injoignable : poste-eteint" in page and "échec" in page and "appliquée, rien à changer" in page
+
+
+def test_two_clients_sharing_a_machine_never_run_at_once(fleet_run):
+    a, c = results(fleet_run)["cabinet-a"], results(fleet_run)["cabinet-c"]
+    assert c["started"] >= a["finished"] or a["started"] >= c["finished"], (a, c)
+    assert "never worked on by two runs at once" in fleet_run["done"].stdout

@@ -390,9 +390,10 @@ def changes(current: dict, previous: dict | None) -> dict:
 ENFORCEMENT_RESULTS = {
     "ok": "appliquée, rien à changer",
     "changed": "appliquée",
-    "unreachable": "partielle (machine injoignable)",
+    "unreachable": "incomplète : machine injoignable",
     "failed": "échec",
     "timeout": "interrompue (trop longue)",
+    "interrupted": "interrompue",
     "error": "erreur",
 }
 
@@ -413,16 +414,22 @@ def enforcement(out: Path) -> dict:
     for client, run in clients.items():
         if not isinstance(run, dict) or run.get("result") not in ENFORCEMENT_RESULTS:
             continue
-        unreachable = run.get("hosts_unreachable") if isinstance(run.get("hosts_unreachable"), list) else []
-        failed = run.get("hosts_failed") if isinstance(run.get("hosts_failed"), list) else []
+        def names(key: str) -> list[str]:
+            value = run.get(key)
+            return [str(h) for h in value][:50] if isinstance(value, list) else []
+        hosts = run.get("hosts") if isinstance(run.get("hosts"), int) and not isinstance(run.get("hosts"), bool) else 0
+        libelle = ENFORCEMENT_RESULTS[run["result"]]
+        if run["result"] == "unreachable" and hosts and len(names("hosts_unreachable")) >= hosts:
+            libelle = "non appliquée : aucune machine joignable"
         kept[str(client)] = {
             "finished": str(run.get("finished", "")),
             "playbook": str(run.get("playbook", "")),
             "result": run["result"],
-            "libelle": ENFORCEMENT_RESULTS[run["result"]],
-            "changed": run.get("changed") if isinstance(run.get("changed"), int) else 0,
-            "hosts_unreachable": [str(h) for h in unreachable][:50],
-            "hosts_failed": [str(h) for h in failed][:50],
+            "libelle": libelle,
+            "changed": run.get("changed") if isinstance(run.get("changed"), int) and not isinstance(run.get("changed"), bool) else 0,
+            "hosts_unreachable": names("hosts_unreachable"),
+            "hosts_lost": names("hosts_lost"),
+            "hosts_failed": names("hosts_failed"),
         }
     return kept
 

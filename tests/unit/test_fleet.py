@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,12 @@ FAKE = textwrap.dedent('''\
     import json, os, sys, time
     args = sys.argv[1:]
     inventory = args[args.index("-i") + 1]
-    client = os.path.basename(inventory.rstrip("/"))
+    assert os.path.isfile(inventory), "ansible-playbook must be given the inventory file, not its folder"
+    client = os.path.basename(os.path.dirname(inventory))
     log = os.environ["FAKE_LOG"]
     with open(log, "a") as out:
-        out.write(json.dumps({{"client": client, "event": "start", "t": time.time(), "args": args}}) + "\\n")
+        out.write(json.dumps({{"client": client, "event": "start", "t": time.time(), "args": args,
+                              "sockets": os.environ.get("ANSIBLE_SSH_CONTROL_PATH_DIR", "")}}) + "\\n")
     kind = client.split("-")[0]
     def host(ok=5, changed=0, failures=0, unreachable=0):
         return {{"ok": ok, "changed": changed, "failures": failures, "unreachable": unreachable,
@@ -38,13 +42,18 @@ FAKE = textwrap.dedent('''\
     hosts, rc = {{"srv": host(), "poste": host()}}, 0
     if kind == "changed":
         hosts["srv"] = host(changed=3)
-    elif kind == "down":
+    unreachable_play = {{}}
+    if kind == "down":
         hosts["poste"], rc = host(ok=0, unreachable=1), 4
+        unreachable_play = {{"poste": 0}}
+    elif kind == "lost":
+        hosts["poste"], rc = host(ok=40, unreachable=1), 4
+        unreachable_play = {{"poste": 3}}
     elif kind == "failed":
         hosts["srv"], rc = host(failures=1), 2
     elif kind == "empty":
         hosts = {{}}
-    elif kind == "hang":
+    elif kind in ("hang", "slow"):
         time.sleep(60)
     elif kind == "crash":
         print("ERROR! the playbook could not be parsed")
@@ -52,12 +61,29 @@ FAKE = textwrap.dedent('''\
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0.5")))
     print("PLAY RECAP (stand-in)", client)
     stats = {{"schema": 1, "seconds": 1, "hosts": hosts, "plays": [], "task_headers": 0,
-              "results": {{}}, "executed": 0}}
+              "results": {{}}, "executed": 0, "unreachable_play": unreachable_play}}
     with open(os.environ["CABINET_STATS_FILE"], "w") as out:
         json.dump(stats, out)
     with open(log, "a") as out:
         out.write(json.dumps({{"client": client, "event": "end", "t": time.time()}}) + "\\n")
     sys.exit(rc)
+''')
+
+
+FAKE_INVENTORY = textwrap.dedent('''\
+    #!{python}
+    """Stands for ansible-inventory -i <client>/hosts.yml --list: two machines a client; clients
+    named share-* also have the MSP's off-site server; badinv-* cannot be read."""
+    import json, os, sys
+    args = sys.argv[1:]
+    client = os.path.basename(os.path.dirname(args[args.index("-i") + 1]))
+    if client.startswith("badinv"):
+        print("ERROR! Attempting to decrypt but no vault secrets found", file=sys.stderr)
+        sys.exit(1)
+    hostvars = {{"srv": {{"ansible_host": "srv." + client + ".example"}}, "poste-" + client: {{}}}}
+    if client.startswith("share"):
+        hostvars["backup1"] = {{"ansible_host": "Offsite.MSP.example"}}
+    json.dump({{"_meta": {{"hostvars": hostvars}}, "all": {{"children": ["ungrouped"]}}}}, sys.stdout)
 ''')
 
 
@@ -69,42 +95,66 @@ def fleet(tmp_path):
     fake = bin_dir / "ansible-playbook"
     fake.write_text(FAKE.format(python=sys.executable), encoding="utf-8")
     fake.chmod(0o755)
+    (bin_dir / "ansible-inventory").write_text(FAKE_INVENTORY.format(python=sys.executable), encoding="utf-8")
+    (bin_dir / "ansible-inventory").chmod(0o755)
     clients = tmp_path / "clients"
     clients.mkdir()
     paths = {"clients": clients, "out": tmp_path / "out", "reports": tmp_path / "reports", "log": tmp_path / "calls.jsonl"}
 
-    def run(names, *args, timeout=120, **env):
+    def command(names, *args, **env):
         for name in names:
             (clients / name).mkdir(exist_ok=True)
             (clients / name / "hosts.yml").write_text("all: {}\n", encoding="utf-8")
         environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(paths["log"]), **env}
-        return subprocess.run([sys.executable, str(FLEET), str(clients), "--out", str(paths["out"]),
-                               "--reports", str(paths["reports"]), *args],
-                              env=environment, capture_output=True, text=True, timeout=timeout, check=False)
+        argv = [sys.executable, str(FLEET), str(clients), "--out", str(paths["out"]), "--reports", str(paths["reports"]), *args]
+        return argv, environment
+
+    def run(names, *args, timeout=120, **env):
+        argv, environment = command(names, *args, **env)
+        return subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=timeout, check=False)
+    paths["command"] = command
     return run, paths
 
 
 def last_run(paths) -> dict:
-    (run_dir,) = list(paths["out"].iterdir())
+    run_dir = sorted(paths["out"].iterdir())[-1]
     return json.loads((run_dir / "fleet-run.json").read_text(encoding="utf-8"))
+
+
+def calls(paths) -> list[dict]:
+    return [json.loads(line) for line in paths["log"].read_text(encoding="utf-8").splitlines()]
+
+
+def overlap(events: list[dict], a: str, b: str) -> bool:
+    span = {}
+    for e in events:
+        span.setdefault(e["client"], {})[e["event"]] = e["t"]
+    return span[a]["start"] < span[b]["end"] and span[b]["start"] < span[a]["end"]
 
 
 def test_every_result_is_told_apart_and_any_bad_one_fails_the_run(fleet):
     run, paths = fleet
-    done = run(["ok-a", "changed-b", "down-c", "failed-d", "crash-e", "empty-f"])
+    done = run(["ok-a", "changed-b", "down-c", "failed-d", "crash-e", "empty-f", "lost-g", "badinv-h"])
     assert done.returncode == 1, done.stdout + done.stderr
     results = {r["client"]: r["result"] for r in last_run(paths)["clients"]}
     assert results == {"ok-a": "ok", "changed-b": "changed", "down-c": "unreachable", "failed-d": "failed",
-                       "crash-e": "error", "empty-f": "error"}
+                       "crash-e": "error", "empty-f": "error", "lost-g": "failed", "badinv-h": "error"}
+    rows = {r["client"]: r for r in last_run(paths)["clients"]}
+    # A machine lost during the run (an SSH or firewall change may have locked the MSP out) is a
+    # failure, not a machine switched off.
+    assert rows["lost-g"]["hosts_lost"] == ["poste"] and rows["lost-g"]["hosts_unreachable"] == []
+    # An inventory that cannot be read: the client is not run, and the reason is told.
+    assert "no vault secrets" in rows["badinv-h"]["error"]
+    assert "badinv-h" not in {c["client"] for c in calls(paths)}
     row = next(r for r in last_run(paths)["clients"] if r["client"] == "down-c")
     assert row["hosts_unreachable"] == ["poste"] and row["hosts"] == 2
     # The summary table ends the output, one line a client, the unreachable host named.
     summary = done.stdout.split("Fleet summary", 1)[1]
-    assert "2 of 6 client(s) ok or changed" in summary
+    assert "2 of 8 client(s) ok or changed" in summary
     assert any(line.split()[:2] == ["down-c", "unreachable"] and line.rstrip().endswith("poste")
                for line in summary.splitlines()), summary
     # Each client has its own log.
-    (run_dir,) = list(paths["out"].iterdir())
+    run_dir = sorted(paths["out"].iterdir())[-1]
     assert "PLAY RECAP (stand-in) failed-d" in (run_dir / "failed-d.log").read_text(encoding="utf-8")
     assert "could not be parsed" in (run_dir / "crash-e.log").read_text(encoding="utf-8")
 
@@ -125,6 +175,9 @@ def test_clients_run_side_by_side_never_more_than_asked(fleet):
         running += 1 if event["event"] == "start" else -1
         most = max(most, running)
     assert most == 2, f"at most {most} client(s) ran at once, asked for 2"
+    # Each client its own SSH sockets, removed afterwards: never a master shared between two.
+    sockets = [e["sockets"] for e in events if e["event"] == "start"]
+    assert len(set(sockets)) == 6 and all(sockets) and not any(os.path.exists(d) for d in sockets)
 
 
 def test_a_client_that_hangs_is_stopped_and_the_others_complete(fleet):
@@ -137,22 +190,35 @@ def test_a_client_that_hangs_is_stopped_and_the_others_complete(fleet):
     assert row["seconds"] < 30, row
 
 
-def test_options_reach_ansible_playbook_and_secrets_are_not_written_down(fleet):
+@pytest.mark.parametrize("options", [
+    ["--check", "--diff", "-e", "alerting_relay_password=Zq8!vT4@rM2#kW7$", "--tags", "backup"],
+    ["-vCe", "alerting_relay_password=Zq8!vT4@rM2#kW7$"],
+    ["--extra=alerting_relay_password=Zq8!vT4@rM2#kW7$"],
+    ["-e", '{"alerting_relay_password": "Zq8!vT4@rM2#kW7$"}'],
+], ids=["long", "bundled", "abbreviated", "json"])
+def test_options_reach_ansible_playbook_and_secrets_are_not_written_down(fleet, options):
     run, paths = fleet
-    secret = "Zq8!vT4@rM2#kW7$"
-    done = run(["ok-a"], "--", "--check", "--diff", "-e", f"alerting_relay_password={secret}", "--tags", "backup")
+    done = run(["ok-a"], "--", *options)
     assert done.returncode == 0, done.stdout + done.stderr
-    call = json.loads(paths["log"].read_text(encoding="utf-8").splitlines()[0])
-    assert call["args"][-6:] == ["--check", "--diff", "-e", f"alerting_relay_password={secret}", "--tags", "backup"]
+    assert calls(paths)[0]["args"][-len(options):] == options
     written = done.stdout + done.stderr + json.dumps(last_run(paths))
-    assert secret not in written
-    assert last_run(paths)["options"] == ["--check", "--diff", "-e", "<masked>", "--tags", "backup"]
+    assert "Zq8!vT4@rM2#kW7$" not in written
+    assert "<masked>" in " ".join(last_run(paths)["options"])
 
 
-def test_check_mode_is_not_recorded_as_the_last_enforcement(fleet):
+@pytest.mark.parametrize("args", [
+    ("--", "--check"), ("--", "-CD"), ("--", "--che"), ("--", "--syntax-check"),
+    ("--", "--tags", "backup"), ("--", "--limit", "srv"), ("--", "--skip-tags", "antivirus"),
+    ("--playbook", str(ROOT / "playbooks" / "backup.yml")),
+    ("--no-record",),
+], ids=["check", "bundled-check-diff", "abbreviated-check", "syntax", "tags", "limit", "skip-tags", "one-practice", "no-record"])
+def test_a_dry_partial_or_unrecorded_run_is_not_the_last_enforcement(fleet, args):
     run, paths = fleet
-    run(["ok-a"], "--", "--check")
+    done = run(["ok-a"], *args)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert not (paths["reports"] / "enforcement.json").exists()
+    run(["ok-a"])
+    assert (paths["reports"] / "enforcement.json").exists()
 
 
 def test_each_client_s_last_enforcement_is_merged_for_the_fleet_page(fleet):
@@ -164,7 +230,7 @@ def test_each_client_s_last_enforcement_is_merged_for_the_fleet_page(fleet):
     assert {k: v["result"] for k, v in record["clients"].items()} == {"ok-a": "ok", "down-b": "unreachable", "changed-c": "changed"}
     assert record["clients"]["down-b"]["hosts_unreachable"] == ["poste"]
     page = (paths["reports"] / "index.html").read_text(encoding="utf-8")
-    assert "partielle (machine injoignable)" in page and "injoignable : poste" in page
+    assert "incomplète : machine injoignable" in page and "injoignable : poste" in page
     assert page.count("pas d'application par make fleet") == 0
 
 
@@ -258,3 +324,41 @@ def test_the_fleet_page_reads_the_enforcement_record_as_data(tmp_path):
         assert junk not in text
     (tmp_path / "enforcement.json").write_text("[1, 2", encoding="utf-8")
     assert build.enforcement(tmp_path) == {}
+
+
+def test_options_that_prompt_are_refused(fleet):
+    run, paths = fleet
+    for option in ("--ask-vault-pass", "-K", "--ask-pass"):
+        done = run(["ok-a"], "--", option)
+        assert done.returncode == 2 and "no terminal" in done.stderr, (option, done.stderr)
+    assert not paths["log"].exists()
+
+
+def test_clients_that_share_a_machine_never_run_at_once(fleet):
+    """The MSP's off-site server is in every client's inventory: two runs must not change it at
+    once. Clients without a machine in common still run side by side."""
+    run, paths = fleet
+    done = run(["share-a", "share-b", "ok-c"], "--parallel", "3", FAKE_SLEEP="1.5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    events = calls(paths)
+    assert not overlap(events, "share-a", "share-b")
+    assert overlap(events, "share-a", "ok-c") or overlap(events, "share-b", "ok-c")
+    assert "offsite.msp.example" in done.stdout
+
+
+def test_an_interrupted_fleet_stops_its_runs_and_says_so(fleet):
+    run, paths = fleet
+    argv, env = paths["command"](["slow-a", "slow-b", "slow-c"], "--parallel", "1")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (paths["log"].exists() and paths["log"].read_text(encoding="utf-8")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    results = {r["client"]: r["result"] for r in last_run(paths)["clients"]}
+    assert results == {"slow-a": "interrupted", "slow-b": "interrupted", "slow-c": "interrupted"}, out
+    assert last_run(paths)["interrupted"] is True and "(interrupted)" in out
+    # The stand-in of slow-a was stopped, not left running (it would have written its end).
+    assert [c["event"] for c in calls(paths)] == ["start"]
+    assert not (paths["reports"] / "enforcement.json").exists()
