@@ -168,8 +168,15 @@ def start_clones(count: int) -> None:
            "--tmpfs", "/tmp:rw,exec", "--label", "cabinet.rig=bench", SEED, "/sbin/init")
     for i in range(1, count + 1):
         name = f"bench-{i}"
-        state = sh("podman", "exec", name, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
-        if state not in ("running", "degraded"):
+        # podman exec refuses a container that is still starting: ask again for two minutes.
+        deadline, state = time.monotonic() + 120, ""
+        while time.monotonic() < deadline:
+            done = sh("podman", "exec", name, "systemctl", "is-system-running", "--wait", check=False)
+            state = done.stdout.strip() or done.stderr.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(2)
+        else:
             raise SystemExit(f"{name} did not boot: {state}")
         CLONE_IPS[name] = container_ip(name)
 
@@ -294,9 +301,9 @@ def plays_table(plays: list[dict]) -> str:
 
 
 def clean(count: int) -> None:
-    for i in range(1, count + 1):
-        sh("podman", "rm", "-f", "-t", "5", f"bench-{i}", check=False)
-    sh("podman", "rm", "-f", "-t", "5", "bench-seed", "bench-mailsink", check=False)
+    # One at a time, --ignore: a name that is gone must not keep the others (podman rm stops at it).
+    for name in [f"bench-{i}" for i in range(1, count + 1)] + ["bench-seed", "bench-mailsink"]:
+        sh("podman", "rm", "--ignore", "-f", "-t", "5", name, check=False)
     sh("podman", "network", "rm", NETWORK, check=False)
 
 

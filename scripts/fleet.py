@@ -341,6 +341,17 @@ def record_enforcement(reports: Path, run: dict, rows: list[dict]) -> Path:
     return path
 
 
+def publish(reports: Path, run: dict, rows: list[dict]) -> None:
+    """Record the clients' last enforcement, then rebuild the fleet page that shows it."""
+    record_enforcement(reports, run, rows)
+    page = subprocess.run([sys.executable, str(ROOT / "tests" / "report" / "build.py"), "fleet", "--out", str(reports)],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    if page.returncode == 0:
+        say(f"==> Fleet page: {reports / 'index.html'} (last enforcement beside each report)")
+    else:
+        say(f"WARNING: the fleet page could not be updated: {page.stderr.strip()[-300:]}")
+
+
 def main(argv: list[str]) -> int:
     if "--" in argv:
         cut = argv.index("--")
@@ -462,13 +473,7 @@ def main(argv: list[str]) -> int:
     # Only a full, real run is a practice's last enforcement: not a dry run, a part or a subset.
     recorded = [r for r in ordered if r["result"] not in ("interrupted",)]
     if full and not dry and not args.no_record and recorded:
-        record_enforcement(args.reports, run, recorded)
-        page = subprocess.run([sys.executable, str(ROOT / "tests" / "report" / "build.py"), "fleet", "--out", str(args.reports)],
-                              cwd=ROOT, capture_output=True, text=True, check=False)
-        if page.returncode == 0:
-            say(f"==> Fleet page: {args.reports / 'index.html'} (last enforcement beside each report)")
-        else:
-            say(f"WARNING: the fleet page could not be updated: {page.stderr.strip()[-300:]}")
+        publish(args.reports, run, recorded)
     elif not args.no_record:
         say("==> Not recorded as the clients' last enforcement (a dry run, a part or a subset of site.yml)")
     if fleet.stop.is_set():

@@ -12,8 +12,9 @@ folder each), and scripts/fleet.py applies playbooks/alerting.yml to all of them
   - cabinet-c, one machine with a bad address in its inventory: stopped by the validation,
     nothing changed, and the other clients complete.
 cabinet-a and cabinet-c share a machine: the runner never runs them at once. The exit status
-is 1, the summary table names each result, and the fleet page shows each client's last
-enforcement. What the unit tests (tests/unit/test_fleet.py) prove with a stand-in
+is 1 and the summary table names each result. A part (alerting.yml) is not a client's last
+enforcement, so nothing is recorded; the live results, published as a full run's would be
+(fleet.publish), make the fleet page show each client's. What the unit tests (tests/unit/test_fleet.py) prove with a stand-in
 ansible-playbook is proven here with the real one, its callback and real connections.
 """
 
@@ -109,6 +110,17 @@ def test_the_summary_and_the_fleet_page_tell_each_client(fleet_run):
     lines = {line.split()[0]: line for line in summary.splitlines()[2:] if line.strip()}
     assert lines["cabinet-b"].split()[1] == "unreachable" and "poste-eteint" in lines["cabinet-b"]
     assert lines["cabinet-c"].split()[1] == "failed" and f"{fleet_run['first']} (failed)" in lines["cabinet-c"]
+    # alerting.yml is a part of site.yml: the run is not the clients' last enforcement.
+    assert not fleet_run["run"]["full"]
+    assert "Not recorded as the clients' last enforcement" in fleet_run["done"].stdout
+    assert not (fleet_run["reports"] / "enforcement.json").exists()
+    # The live results, published the way a full run's are, make the fleet page.
+    sys.path.insert(0, str(FLEET.parent))
+    try:
+        import fleet  # noqa: PLC0415 - scripts/ is not a package
+    finally:
+        sys.path.pop(0)
+    fleet.publish(fleet_run["reports"], fleet_run["run"], fleet_run["run"]["clients"])
     record = json.loads((fleet_run["reports"] / "enforcement.json").read_text(encoding="utf-8"))
     assert sorted(record["clients"]) == ["cabinet-a", "cabinet-b", "cabinet-c"]
     page = (fleet_run["reports"] / "index.html").read_text(encoding="utf-8")
