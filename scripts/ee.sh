@@ -47,7 +47,7 @@ case "${1:-build}" in
       [ "$(podman inspect --format '{{.State.Running}}' "$c" 2>/dev/null)" = true ] \
         || { echo "ERROR: the demo practice is not running ($c): make demo first" >&2; exit 1; }
     done
-    python3 scripts/ee_inventory.py build/ee/run
+    python3 scripts/demo_inventory.py ee build/ee/run
     echo "==> site.yml --check inside $image, against the demo practice over SSH (log: build/ee/test.log)"
     start=$(date +%s)
     rc=0

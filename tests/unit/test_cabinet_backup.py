@@ -8,8 +8,10 @@ test's "unchanged since" rule and what a mismatch means, the unmount on SIGTERM.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -577,3 +580,87 @@ def test_a_signal_while_mounting_still_unmounts(monkeypatch, where):
         with client.Repository({"host": "pc"}, spec):
             pytest.fail("the body must not run")
     assert unmounted == ["stopped while mounting"]
+
+
+# ----------------------------------------------------------------------------- authorize
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0m0nQ2o6m3m3qYkq7bq1CwB7p2V0Jv9yJt2Yf0Yx1Q"
+CONF = {"root": "/srv/cabinet-backup/", "state_dir": "/var/lib/cabinet-backup-server"}
+
+
+def test_the_key_line_is_the_one_the_role_wrote_before():
+    """Same bytes as the former lineinfile line: a server upgraded in place reads unchanged."""
+    assert server.key_line(CONF, "cab-a", "1T", KEY + " root@cab-a\n") == (
+        'command="flock -s -w 7200 /var/lib/cabinet-backup-server/locks/cab-a.lock borg serve --append-only '
+        '--restrict-to-repository /srv/cabinet-backup/cab-a --storage-quota 1T",restrict '
+        f"{KEY} cabinet-backup@cab-a")
+
+
+@pytest.mark.parametrize(("name", "quota", "key"), [
+    ("cab a", "1T", KEY), ("-cab", "1T", KEY), ("../x", "1T", KEY), ("cab\n", "1T", KEY),
+    ("cab", "1", KEY), ("cab", "0G", KEY), ("cab", "1T --x", KEY),
+    ("cab", "1T", 'command="sh" ' + KEY), ("cab", "1T", "ssh-ed25519 AAAA\nssh-rsa BBBB"), ("cab", "1T", ""),
+], ids=["space", "dash", "dotdot", "newline", "no-unit", "zero", "option", "key-options", "two-keys", "no-key"])
+def test_authorize_refuses_what_could_widen_the_forced_command(name, quota, key):
+    with pytest.raises(ValueError):
+        server.key_line(CONF, name, quota, key)
+
+
+def test_a_registration_keeps_the_msps_own_keys_and_replaces_its_own_line():
+    current = "ssh-ed25519 AAAAmsp msp@laptop\nold cabinet-backup@cab-a\nother cabinet-backup@cab-b\nold2 cabinet-backup@cab-a\n"
+    assert server.with_key(current, "cab-a", "new cabinet-backup@cab-a") == \
+        "ssh-ed25519 AAAAmsp msp@laptop\nnew cabinet-backup@cab-a\nother cabinet-backup@cab-b\n"
+    assert server.with_key("", "cab-a", "new cabinet-backup@cab-a") == "new cabinet-backup@cab-a\n"
+    # cab-a's mark is not cab-aa's.
+    assert "x cabinet-backup@cab-aa" in server.with_key("x cabinet-backup@cab-aa\n", "cab-a", "y cabinet-backup@cab-a")
+
+
+def _register_many(keys: str, lock: str, names: list[str]) -> None:
+    for name in names:
+        server.authorize(Path(keys), Path(lock), name, server.key_line(CONF, name, "1T", KEY), False)
+
+
+def test_practices_registering_at_once_all_keep_their_line(tmp_path):
+    """AWX runs the practices' jobs side by side, all delegated to one off-site server: every
+    registration must land. The role used lineinfile, a read-edit-rename of the whole file with
+    no lock, which lost the lines written meanwhile; the role now calls the server's helper
+    (checked here too), and eight writers of 25 practices each lose nothing."""
+    offsite = yaml.safe_load((ROOT / "roles/backup/tasks/offsite.yml").read_text(encoding="utf-8"))
+    (task,) = [t for t in offsite if "borg serve --append-only on its own repository" in t["name"]]
+    assert "ansible.builtin.command" in task and "'authorize'" in task["ansible.builtin.command"]["argv"], task
+    keys, lock = tmp_path / "home" / ".ssh" / "authorized_keys", tmp_path / "state" / "authorize.lock"
+    keys.parent.mkdir(parents=True, mode=0o700)
+    keys.write_text("ssh-ed25519 AAAAmsp msp@laptop\n", encoding="utf-8")
+    batches = [[f"cab-{w}-{i}" for i in range(25)] for w in range(8)]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_register_many, args=(str(keys), str(lock), batch)) for batch in batches]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    lines = keys.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "ssh-ed25519 AAAAmsp msp@laptop"
+    assert sorted(line.rsplit("@", 1)[1] for line in lines[1:]) == sorted(n for batch in batches for n in batch)
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert not list(keys.parent.glob(".*tmp"))
+
+
+def test_authorize_in_check_mode_writes_nothing_and_says_it_would(tmp_path):
+    keys, lock = tmp_path / "home" / ".ssh" / "authorized_keys", tmp_path / "state" / "authorize.lock"
+    line = server.key_line(CONF, "cab-a", "1T", KEY)
+    assert server.authorize(keys, lock, "cab-a", line, True) is True
+    assert not keys.parent.exists() and not lock.parent.exists()
+    assert server.authorize(keys, lock, "cab-a", line, False) is True
+    assert server.authorize(keys, lock, "cab-a", line, True) is False
+    assert server.authorize(keys, lock, "cab-a", line, False) is False
+
+
+def test_authorize_follows_no_link_planted_for_the_keys(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("precious\n", encoding="utf-8")
+    keys = tmp_path / "home" / ".ssh" / "authorized_keys"
+    keys.parent.mkdir(parents=True, mode=0o700)
+    keys.symlink_to(target)
+    with pytest.raises(OSError):
+        server.authorize(keys, tmp_path / "state" / "authorize.lock", "cab-a", server.key_line(CONF, "cab-a", "1T", KEY), False)
+    assert target.read_text(encoding="utf-8") == "precious\n"
