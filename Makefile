@@ -28,10 +28,10 @@ export ANSIBLE_NOCOLOR := 1
 STRATEGY_PLUGINS := $(abspath scripts/strategy_plugins)
 WITH_MITOGEN = if [ "$(CABINET_MITOGEN)" = 1 ] && $(PY) -c 'import ansible_mitogen' 2>/dev/null; then export ANSIBLE_STRATEGY_PLUGINS="$(STRATEGY_PLUGINS)" ANSIBLE_STRATEGY=cabinet_mitogen_linear; else unset ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS; fi;
 
-.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean report report-test fleet bench ee ee-test clean
+.PHONY: help setup venv host images lint unit checks molecule converge verify idempotence destroy test demo demo-clean demo-mail demo-power-cut demo-power-back demo-virus demo-restore demo-tour-test report report-test fleet bench ee ee-test clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: venv host images ## Everything the tests and the demo need (idempotent)
 
@@ -124,6 +124,16 @@ ee: venv images ## Build the execution environment image (ansible-builder, podma
 
 ee-test: venv ## site.yml --check inside the execution environment against the demo (after make demo, make ee)
 	@bash scripts/ee.sh test
+
+# The guided tour make demo ends with (scripts/tour.py): each step on the demo's lab machines
+# only; tests/demo/test_tour.py runs every one of them in CI on Molecule's labs.
+TOUR_INVENTORY ?= build/inventories/demo/hosts.yml
+LAST ?= 20
+demo-mail demo-power-cut demo-power-back demo-virus demo-restore: venv ## The tour's steps (after make demo): make demo-mail, ...
+	@$(PY) scripts/tour.py $(@:demo-%=%) --inventory $(TOUR_INVENTORY) $(if $(filter demo-mail,$@),--last $(LAST))
+
+demo-tour-test: venv ## Every command of the tour's guide, run on the demo (after make demo)
+	@$(BIN)/pytest -p no:cacheprovider -q -rA tests/demo/test_tour.py --ansible-inventory=$(TOUR_INVENTORY)
 
 demo-clean: ## Remove the demo practice's containers and network
 	@$(WITH_MITOGEN) bash scripts/demo.sh clean

@@ -102,7 +102,7 @@ class CallbackModule(CallbackBase):
             parts += [f"{counts[k]} {k}" for k in ("changed", "failed", "unreachable") if counts[k]]
             if not ran:
                 parts = ["nothing to run"]
-            self._say(f"  {self._segment:<14} done   on {host}: {', '.join(parts)} ({now - self._segment_start:.0f} s)")
+            self._say(f"  {self._segment:<18} done   on {host}: {', '.join(parts)} ({now - self._segment_start:.0f} s)")
         self._segment = None
         self._segment_hosts = {}
 
@@ -111,7 +111,7 @@ class CallbackModule(CallbackBase):
         self._segment_hosts = {}
         self._segment_start = time.monotonic()
         shown = ", ".join(hosts[:6]) + (f" and {len(hosts) - 6} more" if len(hosts) > 6 else "")
-        self._say(f"  {label:<14} starts on {shown}")
+        self._say(f"  {label:<18} starts on {shown}")
 
     def _task_started(self, task, handler: bool) -> None:
         role = task._role.get_name() if getattr(task, "_role", None) else "(play)"

@@ -356,7 +356,13 @@ def host(request: pytest.FixtureRequest, inventory: Inventory) -> testinfra.host
     if why:
         raise HostUnreachable(f"{request.param}: {why}")
     handle.inventory_name = request.param
-    handle.cabinet_lab = bool(inventory.vars(request.param).get("cabinet_lab", False))
+    variables = inventory.vars(request.param)
+    handle.cabinet_lab = bool(variables.get("cabinet_lab", False))
+    # Where this machine reaches a lab machine's services: the address the connection uses (the
+    # demo over SSH: the container's); a client's machine's sites are reached by DNS, as their
+    # visitors reach them. Containers reached through podman are looked up by their backend.
+    handle.lab_address = (str(variables.get("ansible_host", "")) or None
+                          if handle.cabinet_lab or "lab_image" in variables else None)
     return handle
 
 
@@ -430,7 +436,7 @@ class MailSink:
             "out = []\n"
             "for key, msg in sorted(box.items(), key=lambda item: arrival(item[0])):\n"
             "    out.append({k: str(make_header(decode_header(msg.get(k, '')))) for k in\n"
-            "                ('Subject', 'To', 'From', 'X-RcptTo', 'X-MailFrom', 'X-Cabinet-Practice',\n"
+            "                ('Subject', 'Date', 'To', 'From', 'X-RcptTo', 'X-MailFrom', 'X-Cabinet-Practice',\n"
             "                 'X-Cabinet-Severity', 'X-Cabinet-Host')}\n"
             "               | {'body': msg.get_payload(decode=True).decode('utf-8', 'replace')\n"
             "                  if not msg.is_multipart() else ''})\n"

@@ -154,7 +154,9 @@ class Ups:
 
     def set(self, status: str, charge: int = 100) -> None:
         content = f"ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {charge * 18}\n"
-        self.host.check_output(f"printf %s {shlex.quote(content)} > {self.device}.tmp && mv {self.device}.tmp {self.device}")
+        # 0644 whatever the session's umask (through sudo over SSH it was 077): the driver runs as nut.
+        self.host.check_output(f"umask 022 && printf %s {shlex.quote(content)} > {self.device}.tmp "
+                               f"&& mv {self.device}.tmp {self.device}")
 
     def status(self) -> str:
         return self.host.run(f"upsc {ups_address(self.expect)} ups.status 2>/dev/null").stdout.strip()

@@ -60,10 +60,17 @@ def in_container(host) -> bool:
     return getattr(host.backend, "NAME", "") == "podman"
 
 
+def lab_machine(host) -> bool:
+    """A container of this machine, through podman or over SSH (the demo): its certificates are
+    the lab's own, which no browser trusts."""
+    return in_container(host) or getattr(host, "lab_address", None) is not None
+
+
 def address(host) -> str | None:
-    """Where this machine reaches the host's sites: a container's address, else None (DNS)."""
+    """Where this machine reaches the host's sites: a container's address, a lab machine's
+    connection address (the demo over SSH), else None (DNS)."""
     if not in_container(host):
-        return None
+        return getattr(host, "lab_address", None)
     shown = subprocess.run(["podman", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
                             host.backend.name], capture_output=True, text=True, check=True)
     return shown.stdout.split()[0]
@@ -535,7 +542,7 @@ class Visit:
         self.browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             f"--host-resolver-rules={', '.join(rules)}", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--no-default-browser-check"])
-        self.context = self.browser.new_context(ignore_https_errors=in_container(host), locale="fr-FR")
+        self.context = self.browser.new_context(ignore_https_errors=lab_machine(host), locale="fr-FR")
         self.recorder = Recorder(own)
         self.context.route("**/*", self.recorder.handle)
         self.page = self.context.new_page()
@@ -796,7 +803,7 @@ def test_browser_no_serious_accessibility_violation(visit, host, expect):
     v = visit()
     # axe runs as an injected script: this one context ignores the site's CSP to let it in.
     v.context.close()
-    v.context = v.browser.new_context(ignore_https_errors=in_container(host), locale="fr-FR", bypass_csp=True)
+    v.context = v.browser.new_context(ignore_https_errors=lab_machine(host), locale="fr-FR", bypass_csp=True)
     v.context.route("**/*", v.recorder.handle)
     v.page = v.context.new_page()
     source = axe_source(expect)
