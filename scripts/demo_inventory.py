@@ -39,10 +39,10 @@ CERT_LOOKUP = "inventory_dir ~ '/../../molecule/"
 
 
 def copy_project(dest: Path) -> None:
-    """The repository's files as git knows them (tracked, or new and not ignored), as AWX's
-    project update would check them out: no local secret (a vault password file, an awx.yml)
-    and no client inventory but the demo's."""
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    """The repository's tracked files, as AWX's project update would check them out: no local
+    file git does not track (a vault password file, an awx.yml with a token: neither is in
+    .gitignore's list) and no client inventory but the demo's."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached"],
                             capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
         parts = Path(name).parts

@@ -67,22 +67,31 @@ class Refused(SystemExit):
 
 # ----------------------------------------------------------------------------- hosts
 def lab_hosts(inventory, pattern: str) -> list[str]:
-    """The hosts of ``pattern`` that are lab machines; refuses the step on any other."""
+    """The hosts of ``pattern`` that the inventory calls lab machines; refuses the step on any
+    other. handle() then asks the machine itself."""
     names = inventory.hosts(pattern)
     for name in names:
         variables = inventory.vars(name)
-        if not (variables.get("cabinet_lab") is True or "lab_image" in variables):
+        if not (variables.get("cabinet_lab") is True or variables.get("lab_image")):
             raise Refused(f"{name} is not a lab machine (no cabinet_lab: true, no lab_image): the tour acts on labs only")
     return names
 
 
-def handle(inventory, name: str):
+def handle(inventory, name: str, lab: bool = True):
+    """A connection to ``name``; for a step that changes it, only if the machine itself is one of
+    the rig's podman containers: an inventory copied from the demo's, or mislabelled, must not
+    make the tour plant a test virus or cut the power on a practice's machine."""
     import conftest  # noqa: PLC0415 - tests/integration's connection machinery
 
     host = conftest.connect(inventory, name)
     problem = conftest.reachable(host, name)
     if problem:
         raise SystemExit(f"{name} cannot be reached: {problem}")
+    if lab:
+        virt = host.run("systemd-detect-virt --container").stdout.strip()
+        if virt != "podman":
+            raise Refused(f"{name} is not a lab machine: not one of the rig's podman containers ({virt or 'none'}); "
+                          "the tour acts on labs only")
     return host
 
 
@@ -92,7 +101,7 @@ def sink(inventory):
     names = inventory.group(conftest.LAB_MAILSINK_GROUP)
     if not names:
         raise SystemExit(f"this lab has no mail sink (group {conftest.LAB_MAILSINK_GROUP})")
-    return conftest.MailSink(handle(inventory, names[0]))
+    return conftest.MailSink(handle(inventory, names[0], lab=False))  # read only
 
 
 def mail_host(host) -> str:
@@ -151,7 +160,10 @@ def ups_host(inventory):
 
 
 def set_ups(host, device: str, status: str, charge: int) -> None:
+    if not device.startswith("/"):
+        raise SystemExit(f"ups_monitoring_port: expected the absolute path of dummy-ups' state file, got {device!r}")
     content = f"ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {charge * 18}\n"
+    device = shlex.quote(device)
     # 0644 whatever the session's umask (sudo over SSH gave 0600): the driver runs as nut.
     host.check_output(f"umask 022 && printf %s {shlex.quote(content)} > {device}.tmp && mv {device}.tmp {device}")
 
@@ -214,13 +226,18 @@ def step_virus(inventory, args) -> int:
                                           conftest.role_defaults("antivirus")["antivirus_quarantine_dir"]).rstrip("/")
     folder = scan_paths[0].rstrip("/")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = f"{folder}/tour-{stamp}/piece-jointe-{stamp}.pdf"
+    # A folder of a name no one could guess beforehand, a file written with noclobber: a user of
+    # the scanned folder cannot make root write through a link planted there.
+    made = host.check_output(f"mktemp -d {shlex.quote(folder + '/tour-' + stamp)}-XXXXXX").strip()
+    if not made.startswith(folder + "/tour-"):
+        raise SystemExit(f"mktemp gave {made!r}")
+    path = f"{made}/piece-jointe-{stamp}.pdf"
     mailbox = sink(inventory)
     sender = mail_host(host)
     before = len(mailbox.alerts(sender, "antivirus", path))
     say(f"==> Planting the lab's test signature in {path} on {name}")
-    host.check_output(f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && printf '%s\\n' "
-                      f"{shlex.quote('%PDF-1.4 tour ' + stamp)} {shlex.quote(MARKER)} > {shlex.quote(path)}")
+    host.check_output(f"set -C && printf '%s\\n' {shlex.quote('%PDF-1.4 tour ' + stamp)} {shlex.quote(MARKER)} "
+                      f"> {shlex.quote(path)}")
     say("==> Running the scheduled scan now, as its timer would (cabinet-av-scan.service)")
     result = conftest.run_unit(host, "cabinet-av-scan.service", timeout=600)
     say(f"    scan: {result}")

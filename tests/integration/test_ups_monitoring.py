@@ -155,8 +155,8 @@ class Ups:
     def set(self, status: str, charge: int = 100) -> None:
         content = f"ups.status: {status}\nbattery.charge: {charge}\nbattery.runtime: {charge * 18}\n"
         # 0644 whatever the session's umask (through sudo over SSH it was 077): the driver runs as nut.
-        self.host.check_output(f"umask 022 && printf %s {shlex.quote(content)} > {self.device}.tmp "
-                               f"&& mv {self.device}.tmp {self.device}")
+        device = shlex.quote(self.device)
+        self.host.check_output(f"umask 022 && printf %s {shlex.quote(content)} > {device}.tmp && mv {device}.tmp {device}")
 
     def status(self) -> str:
         return self.host.run(f"upsc {ups_address(self.expect)} ups.status 2>/dev/null").stdout.strip()

@@ -7,6 +7,7 @@ test's "unchanged since" rule and what a mismatch means, the unmount on SIGTERM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -614,9 +615,14 @@ def test_a_registration_keeps_the_msps_own_keys_and_replaces_its_own_line():
     assert "x cabinet-backup@cab-aa" in server.with_key("x cabinet-backup@cab-aa\n", "cab-a", "y cabinet-backup@cab-a")
 
 
+def key_for(name: str) -> str:
+    """A key of its own for each practice (one key on two lines is refused)."""
+    return "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI" + hashlib.sha256(name.encode()).hexdigest()
+
+
 def _register_many(keys: str, lock: str, names: list[str]) -> None:
     for name in names:
-        server.authorize(Path(keys), Path(lock), name, server.key_line(CONF, name, "1T", KEY), False)
+        server.authorize(Path(keys), Path(lock), name, server.key_line(CONF, name, "1T", key_for(name)), False)
 
 
 def test_practices_registering_at_once_all_keep_their_line(tmp_path):
@@ -664,3 +670,33 @@ def test_authorize_follows_no_link_planted_for_the_keys(tmp_path):
     with pytest.raises(OSError):
         server.authorize(keys, tmp_path / "state" / "authorize.lock", "cab-a", server.key_line(CONF, "cab-a", "1T", KEY), False)
     assert target.read_text(encoding="utf-8") == "precious\n"
+
+
+def test_a_name_registered_with_another_key_is_refused_unless_the_machine_was_reinstalled(tmp_path):
+    """Two clients' inventories may both name a machine `serveur`: the second practice must not
+    take the first one's repository (hostile read, session 15: the helper replaced the line)."""
+    keys, lock = tmp_path / "home" / ".ssh" / "authorized_keys", tmp_path / "state" / "authorize.lock"
+    first = server.key_line(CONF, "serveur", "1T", KEY)
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOfAnotherPracticeXXXXXXXXXXXXXXXXXXXX"
+    assert server.authorize(keys, lock, "serveur", first, False) is True
+    with pytest.raises(server.Refused, match="registered with another key"):
+        server.authorize(keys, lock, "serveur", server.key_line(CONF, "serveur", "1T", other), False)
+    assert keys.read_text(encoding="utf-8") == first + "\n"
+    # The machine was reinstalled: its new key replaces the old one when asked.
+    assert server.authorize(keys, lock, "serveur", server.key_line(CONF, "serveur", "1T", other), False, True) is True
+    assert other in keys.read_text(encoding="utf-8") and KEY not in keys.read_text(encoding="utf-8")
+
+
+def test_a_key_already_on_another_line_is_refused(tmp_path):
+    """sshd uses the first line a key matches: a compromised practice must not register the MSP's
+    key, or another practice's, under its own forced command."""
+    keys, lock = tmp_path / "home" / ".ssh" / "authorized_keys", tmp_path / "state" / "authorize.lock"
+    keys.parent.mkdir(parents=True, mode=0o700)
+    keys.write_text(f"{KEY} msp@laptop\n", encoding="utf-8")
+    with pytest.raises(server.Refused, match="already authorized on another line"):
+        server.authorize(keys, lock, "cab-a", server.key_line(CONF, "cab-a", "1T", KEY), False)
+    other = server.key_line(CONF, "cab-b", "1T", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyOfBXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX")
+    assert server.authorize(keys, lock, "cab-b", other, False) is True
+    with pytest.raises(server.Refused):
+        server.authorize(keys, lock, "cab-c", other.replace("cab-b", "cab-c"), False)
+    assert keys.read_text(encoding="utf-8") == f"{KEY} msp@laptop\n{other}\n"

@@ -41,3 +41,19 @@ def test_the_tour_refuses_a_machine_that_is_not_a_lab_s(tmp_path):
         done = subprocess.run([sys.executable, str(TOUR), step, "--inventory", str(tmp_path / "hosts.yml")],
                               cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode != 0 and "not a lab machine" in done.stderr, done.stdout + done.stderr
+
+
+def test_a_machine_the_inventory_calls_a_lab_is_still_asked(tmp_path):
+    """An inventory copied from the demo's, or mislabelled, says cabinet_lab: true of a machine
+    that is not one of the rig's podman containers (here, this controller, reached locally):
+    the step that would plant a virus is refused by the machine's own answer."""
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    cabinet_managed:\n      hosts:\n"
+        f"        cabinet-client-pc: {{ansible_connection: local, cabinet_lab: true, ansible_python_interpreter: {sys.executable},"
+        " lab_files: [{path: /var/lib/clamav/cabinet-test.ndb, content: x}]}\n"
+        "    lab_mailsink:\n      hosts:\n        sink: {ansible_connection: local}\n",
+        encoding="utf-8")
+    done = subprocess.run([sys.executable, str(TOUR), "virus", "--inventory", str(tmp_path / "hosts.yml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "not one of the rig's podman containers" in done.stderr, done.stdout + done.stderr
+    assert "Planting" not in done.stdout
