@@ -8,7 +8,8 @@ Steps: mail (what the MSP's mailbox received), power-cut and power-back (the sim
 virus (a test signature planted and quarantined), restore (a file from each backup copy).
 
 They act on lab machines only, over the inventory's own connection (the demo's: SSH as
-msp-admin with sudo): a host that is not a lab host (cabinet_lab: true, or a lab_image) is
+msp-admin with sudo): a host that the inventory does not call a lab host (cabinet_lab: true, or
+a lab_image), or that is not itself one of the rig's podman containers (systemd-detect-virt), is
 refused, so no step can plant a test virus or cut the power on a client's machine. Each
 step's host is the first of its group that fits (ups_server, backup_clients, the antivirus
 hosts), so the same commands run on a Molecule scenario's lab, which is how CI runs every
