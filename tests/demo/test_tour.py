@@ -74,6 +74,7 @@ def test_demo_virus_is_quarantined_and_alerted(inventory):
 def test_demo_restore_brings_back_a_file_from_each_copy(inventory):
     done = make("make demo-restore", inventory)
     assert done.returncode == 0
-    restored = re.findall(r"^    restored /\S+ from \S+: SHA-256 as archived \(.+\)$", done.stdout, re.M)
+    # A patient's file name may hold spaces and accents ("Compte rendu d'échographie – Mme Dupré.pdf").
+    restored = re.findall(r"^    restored /.+ from \S+: SHA-256 as archived \(.+\)$", done.stdout, re.M)
     copies = re.findall(r"^==> From the (\w+) copy, on ", done.stdout, re.M)
     assert len(copies) >= 2 and len(restored) == len(copies), done.stdout
