@@ -700,3 +700,9 @@ def test_a_key_already_on_another_line_is_refused(tmp_path):
     with pytest.raises(server.Refused):
         server.authorize(keys, lock, "cab-c", other.replace("cab-b", "cab-c"), False)
     assert keys.read_text(encoding="utf-8") == f"{KEY} msp@laptop\n{other}\n"
+
+
+def test_an_msps_line_with_an_odd_character_stays_one_line():
+    """str.splitlines() would cut a line at \\x0c or \\u2028 in an MSP key's comment."""
+    current = "ssh-ed25519 AAAAmsp msp\x0c\u2028laptop\n"
+    assert server.with_key(current, "cab-a", "new cabinet-backup@cab-a") == current + "new cabinet-backup@cab-a\n"
