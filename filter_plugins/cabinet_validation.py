@@ -6,6 +6,7 @@ what was wrong and what was expected, so an assert can name the variable and the
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -73,6 +74,50 @@ def regex_problem(value: object) -> str:
     return ""
 
 
+def date_problem(value: object) -> str:
+    """Return why ``value`` is not a calendar date written YYYY-MM-DD, or '' when it is (or is empty)."""
+    if isinstance(value, (datetime.date, datetime.datetime)):  # an unquoted date in YAML
+        return ""
+    text = _require_str(value, "date_problem").strip()
+    if not text:
+        return ""
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        return f"expected a date written YYYY-MM-DD (2027-03-31), got {text!r}"
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return f"{text!r} is not a day of the calendar"
+    return ""
+
+
+# smartd matches its -s expression against T/MM/DD/d/HH for each test type, hour by hour.
+_SMART_TYPES = "LSCOcnrp"
+_SMART_SCHEDULE_CHARS = re.compile(r"[A-Za-z0-9./|()\[\]^$*+?{},:-]+")
+
+
+def smart_schedule_problem(value: object) -> str:
+    """Return why ``value`` is not a smartd self-test schedule (-s REGEXP) that ever runs a test,
+    or '' when it is. Each hour of a year is tried, for the short and long tests, as smartd does."""
+    text = _require_str(value, "smart_schedule_problem").strip()
+    if not text:
+        return "expected a smartd -s schedule such as (S/../.././02|L/../../6/03), got an empty value"
+    if not _SMART_SCHEDULE_CHARS.fullmatch(text):
+        return (f"expected a smartd -s regular expression over T/MM/DD/d/HH without spaces or quotes, "
+                f"got {text!r}")
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        return f"{text!r} is not a valid regular expression ({exc})"
+    start = datetime.datetime(2026, 1, 1)
+    for hour in range(366 * 24):
+        when = start + datetime.timedelta(hours=hour)
+        for kind in _SMART_TYPES:
+            if pattern.fullmatch(f"{kind}/{when:%m/%d}/{when.isoweekday()}/{when:%H}"):
+                return ""
+    return (f"{text!r} schedules no self-test in a whole year: each alternative must match "
+            "T/MM/DD/d/HH, such as S/../.././02 (a short test daily at 02:00)")
+
+
 # What ansible-core's bool filter reads as true or false (as text, in any case); anything else
 # it takes as false with a deprecation warning, while the roles' argument specs accept more
 # words (y, t, ...) as true.
@@ -98,8 +143,10 @@ class FilterModule:
 
     def filters(self) -> dict[str, object]:
         return {
+            "date_problem": date_problem,
             "email_address_problem": email_address_problem,
             "hostname_problem": hostname_problem,
             "regex_problem": regex_problem,
+            "smart_schedule_problem": smart_schedule_problem,
             "switch_problems": switch_problems,
         }

@@ -13,7 +13,7 @@ if [ "${#scenarios[@]}" -eq 0 ]; then
   # 409, website_privacy 288, antivirus 253, auto_updates 226, alerting 86); then any other
   # scenario in alphabetical order. (password_policy before backup ends the two slots closer
   # together with these times: 1466 s against 1498 simulated.)
-  for s in system_baseline password_policy backup ups_monitoring auto_updates website_privacy antivirus alerting; do
+  for s in system_baseline password_policy backup ups_monitoring auto_updates website_privacy antivirus hardware_health alerting; do
     [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
   done
   for f in molecule/*/molecule.yml; do

@@ -60,6 +60,9 @@ WEB = {**ALERTING,
        "website_privacy_rights_recipient": "secretariat@cabinet-tilleuls.fr",
        "website_privacy_acme_email": "webmaster@msp.example"}
 GOOD["website_privacy"] = WEB
+GOOD["hardware_health"] = {**ALERTING, "hardware_health_purchase_date": "2023-03-15", "hardware_health_warranty_end": "2028-03-15",
+                           "hardware_health_contract_end": "2027-06-30", "hardware_health_contract_provider": "MSP",
+                           "hardware_health_smart_devices": [{"device": "/dev/disk/by-id/usb-WD_Elements_25A3-0:0", "type": "sat"}]}
 
 
 def controller_listeners() -> list[str]:
@@ -409,6 +412,40 @@ CASES = [
     # A host with 1 GiB of RAM (a fact the harness sets, whatever the controller has).
     ("antivirus", {"antivirus_min_memory_mb": 2048, "harness_facts": {"memtotal_mb": 1024}},
      "antivirus_min_memory_mb", "MB of RAM, below"),
+    # hardware_health: thresholds out of order, dates that do not parse, a schedule smartd never runs.
+    ("hardware_health", {"hardware_health_space_warning_percent": 95, "hardware_health_space_critical_percent": 90},
+     "hardware_health_space_warning_percent", "1 <= warning < critical <= 100"),
+    ("hardware_health", {"hardware_health_space_warning_free_gib": 2, "hardware_health_space_critical_free_gib": 10},
+     "hardware_health_space_warning_free_gib", "0 <= critical <= warning"),
+    ("hardware_health", {"hardware_health_inode_critical_percent": 101}, "hardware_health_inode_warning_percent",
+     "1 <= warning < critical <= 100"),
+    ("hardware_health", {"hardware_health_contract_end": "31/12/2027"}, "hardware_health_contract_end", "YYYY-MM-DD"),
+    ("hardware_health", {"hardware_health_warranty_end": "2027-02-30"}, "hardware_health_warranty_end", "not a day of the calendar"),
+    ("hardware_health", {"hardware_health_purchase_date": "2099-01-01", "hardware_health_warranty_end": "2100-01-01"},
+     "hardware_health_purchase_date", "a day in the past"),
+    ("hardware_health", {"hardware_health_warranty_end": "2022-01-01"}, "hardware_health_warranty_end",
+     "after hardware_health_purchase_date"),
+    ("hardware_health", {"hardware_health_smart_schedule": "S/../.././25"}, "hardware_health_smart_schedule",
+     "schedules no self-test"),
+    ("hardware_health", {"hardware_health_smart_schedule": "(S/../.././02"}, "hardware_health_smart_schedule",
+     "not a valid regular expression"),
+    ("hardware_health", {"hardware_health_smart_schedule": "S/../.././02 -M exec /tmp/x"}, "hardware_health_smart_schedule",
+     "without spaces"),
+    ("hardware_health", {"hardware_health_smart_devices": [{"device": "/dev/sdb; reboot", "type": "sat"}]},
+     "hardware_health_smart_devices", "device: /dev/disk/by-id"),
+    ("hardware_health", {"hardware_health_smart_devices": [{"device": "/dev/sdb", "type": "sat -M exec /tmp/x"}]},
+     "hardware_health_smart_devices", "smartd -d type"),
+    ("hardware_health", {"hardware_health_smart_temperature_warning": 60}, "hardware_health_smart_temperature_warning",
+     "the warning below the critical"),
+    ("hardware_health", {"hardware_health_smart": "yes"}, "hardware_health_smart", "auto, always, never"),
+    ("hardware_health", {"hardware_health_key_paths": [{"path": "srv", "label": "x"}]}, "hardware_health_key_paths",
+     "path: /absolute/folder"),
+    ("hardware_health", {"hardware_health_key_paths": [{"path": "/srv", "label": "données\nFAKE: header"}]},
+     "hardware_health_key_paths", "label: one line"),
+    ("hardware_health", {"hardware_health_contract_reference": "LAB-1\nX-Injected: 1"}, "hardware_health_contract_provider",
+     "one line each"),
+    ("hardware_health", {"hardware_health_notice_days": 3}, "hardware_health_notice_days", "7 to 365"),
+    ("hardware_health", {"hardware_health_check_interval_minutes": 0}, "hardware_health_check_interval_minutes", "1 to 1440"),
 ]
 
 
@@ -821,7 +858,7 @@ def test_alerting_is_applied_once_a_run_not_once_a_play(tmp_path, inventory_vars
     # The later plays did include alerting (its argument specs show), then stopped before its
     # validation and tasks: the relay password is vetted once a run, not once a play.
     included = [p.split(" |", 1)[0] for p in plays if "TASK [alerting : Validating arguments against arg spec" in p]
-    assert included == ["Validate", "Alerting", "System baseline", "Password policy", "Auto updates", "Antivirus"], \
+    assert included == ["Validate", "Alerting", "System baseline", "Password policy", "Auto updates", "Antivirus", "Hardware health"], \
         f"plays that included alerting: {included}\n{output[-3000:]}"
     validated = [p.split(" |", 1)[0] for p in plays if "TASK [alerting : Alerting | Validate" in p]
     assert validated == ["Validate", "Alerting"], f"plays that validated alerting: {validated}\n{output[-3000:]}"
