@@ -78,9 +78,11 @@ def date_problem(value: object) -> str:
     """Return why ``value`` is not a calendar date written YYYY-MM-DD, or '' when it is (or is empty)."""
     if isinstance(value, (datetime.date, datetime.datetime)):  # an unquoted date in YAML
         return ""
-    text = _require_str(value, "date_problem").strip()
-    if not text:
+    text = _require_str(value, "date_problem")
+    if not text.strip():
         return ""
+    if text != text.strip():
+        return f"expected a date written YYYY-MM-DD without spaces or line breaks around it, got {text!r}"
     if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         return f"expected a date written YYYY-MM-DD (2027-03-31), got {text!r}"
     try:
@@ -98,8 +100,8 @@ _SMART_SCHEDULE_CHARS = re.compile(r"[A-Za-z0-9./|()\[\]^$*+?{},:-]+")
 def smart_schedule_problem(value: object) -> str:
     """Return why ``value`` is not a smartd self-test schedule (-s REGEXP) that ever runs a test,
     or '' when it is. Each hour of a year is tried, for the short and long tests, as smartd does."""
-    text = _require_str(value, "smart_schedule_problem").strip()
-    if not text:
+    text = _require_str(value, "smart_schedule_problem")
+    if not text.strip():
         return "expected a smartd -s schedule such as (S/../.././02|L/../../6/03), got an empty value"
     if not _SMART_SCHEDULE_CHARS.fullmatch(text):
         return (f"expected a smartd -s regular expression over T/MM/DD/d/HH without spaces or quotes, "

@@ -91,6 +91,27 @@ def test_mdstat_healthy_and_degraded_mirrors():
     assert md1["degraded"] and md1["failed"] == [] and md1["recovering"] == "recovery 12.6%"
 
 
+INACTIVE = """Personalities : [raid1]
+md0 : inactive sda1[0](S)
+      976630464 blocks super 1.2
+
+md127 : inactive sdc[1](S) sdb[0](S)
+      5288 blocks super external:imsm
+
+md126 : active raid1 sdb[1] sdc[0]
+      976759808 blocks super external:/md127/0 [2/2] [UU]
+
+unused devices: <none>
+"""
+
+
+def test_an_inactive_array_is_not_healthy_but_a_container_is_not_judged():
+    md0, md127, md126 = hw.mdstat(INACTIVE)
+    assert md0["degraded"], "an array that is not running serves no data"
+    assert md127["container"] and not md127["degraded"]
+    assert not md126["degraded"]
+
+
 def test_space_level_speaks_for_small_and_large_disks():
     assert hw.space_level(90, 3.0, LIMITS) == "warning"       # a 30 GiB disk at 90 %
     assert hw.space_level(97, 1.0, LIMITS) == "critical"
@@ -120,6 +141,33 @@ def test_mounts_keeps_local_folders_once_each(tmp_path):
     assert [(e["device"], e["mount"]) for e in found] == [("0:40", "/"), ("7:3", str(tmp_path))]
     assert str(data) in found[1]["mounts"]
     assert hw.mounts(text, ["ext4", "overlay"], [str(tmp_path)]) == [found[0]]
+
+
+def test_container_overlays_are_left_out_but_a_container_root_is_not(tmp_path):
+    text = "\n".join([
+        "21 1 0:40 / / rw - overlay overlay rw",
+        f"40 21 0:90 / {tmp_path} rw - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/X",
+    ])
+    assert [e["mount"] for e in hw.mounts(text, ["overlay"], [])] == ["/"]
+
+
+def test_key_paths_are_placed_by_the_mount_table_without_touching_them():
+    """No stat: a key path on a dead network share, or a symlink a user planted, must neither
+    hang the check nor send it elsewhere."""
+    points = hw.mount_points("\n".join([
+        "21 1 254:1 / / rw - ext4 /dev/vda1 rw",
+        "22 21 254:2 / /srv rw - ext4 /dev/vda2 rw",
+        "23 22 0:60 / /srv/nas rw - nfs4 nas:/x rw",
+        "24 21 254:3 / /srv2 rw - ext4 /dev/vda3 rw",
+    ]))
+    assert hw.device_of("/srv/patients", points) == "254:2"
+    assert hw.device_of("/srv/nas/dossiers", points) == "0:60"
+    assert hw.device_of("/srv2/x", points) == "254:3"
+    assert hw.device_of("/var", points) == "254:1"
+    assert hw.device_of("/srv/../var", points) == "254:1"
+    entry = {"device": "254:2"}
+    assert hw.key_paths_on(entry, [{"path": "/srv/patients", "label": "dossiers"}, {"path": "/var"}], points) == [
+        "/srv/patients (dossiers)"]
 
 
 def test_smartd_device_identity():
@@ -160,6 +208,49 @@ def test_space_alerts_climb_once_each_and_clear_once(state_dir, monkeypatch):
     assert run(90, 2) and run(90, 2) == []
     clock.now += 23 * 3600                                       # a day later, still full: again
     assert run(90, 2) == ["Disk space warning on /srv: 90 % used, 2 GiB free"]
+
+
+def test_a_mount_named_like_a_level_does_not_end_another_s_alert(state_dir, monkeypatch):
+    clock, alerts = Clock(), Alerts()
+    rows = {"/media/x": 90.0, "/media/x:warning": 10.0}
+    monkeypatch.setattr(hw, "mounts", lambda *_a: [{"device": f"7:{i}", "type": "ext4", "source": "s", "mounts": [m], "mount": m}
+                                                   for i, m in enumerate(rows)])
+    monkeypatch.setattr(hw, "usage", lambda p: {"used_percent": rows[p], "free_gib": 1.0, "size_gib": 8.0, "inodes_percent": 1.0})
+    for _ in range(3):
+        check = make_check(state_dir, clock, alerts)
+        check.space("")
+        check.state.save()
+        clock.now += 900
+    assert alerts.titles() == ["Disk space warning on /media/x: 90.0 % used, 1.0 GiB free"]
+
+
+def test_one_failing_part_is_alerted_and_the_others_still_run(state_dir, monkeypatch):
+    clock, alerts = Clock(), Alerts()
+    monkeypatch.setattr(hw, "read_text", lambda path: DEGRADED if path == hw.MDSTAT else "")
+    monkeypatch.setattr(hw, "edac_counts", lambda: None)
+    machine = {"contract_end": "2027-01-31 "}   # would not parse: the contract part fails
+    for _ in range(2):
+        check = make_check(state_dir, clock, alerts, machine=machine)
+        check.run_parts()
+        clock.now += 900
+    assert alerts.titles()[:2] == ["RAID /dev/md0 degraded: 1 of 2 disks working; failed: sdb1",
+                                   "RAID /dev/md1 degraded: 1 of 2 disks working"]
+    assert alerts.titles()[2] == "The hardware check failed on its contract part"
+    assert len(alerts.sent) == 3, "the second check mailed again: the state was not saved"
+    assert check.status["raid"]["arrays"] and "contract" in check.status["errors"][0]
+
+
+def test_an_uncorrectable_memory_error_is_not_lost_when_the_relay_is_down(tmp_path, state_dir):
+    clock, alerts = Clock(), Alerts()
+    check = make_check(state_dir, clock, alerts)
+    check.memory({"corrected": 0, "uncorrected": 0, "controllers": 1})
+    alerts.queue = False
+    check.memory({"corrected": 0, "uncorrected": 2, "controllers": 1})
+    alerts.queue = True
+    check.memory({"corrected": 0, "uncorrected": 2, "controllers": 1})
+    assert [s for s, _, _ in alerts.sent] == ["critical", "critical"]
+    check.memory({"corrected": 0, "uncorrected": 2, "controllers": 1})
+    assert len(alerts.sent) == 2
 
 
 def test_an_alert_that_could_not_be_queued_is_tried_again(state_dir, monkeypatch):
@@ -289,7 +380,7 @@ def test_mdadm_events_fail_reminder_and_recovery(state_dir, capsys):
     clock, alerts = Clock(), Alerts()
     detail = lambda _a: "mdadm --detail output\n"  # noqa: E731
     def event(*args):
-        return hw.mdadm_event(*args, {"realert_hours": 24}, alert=alerts, clock=clock, detail=detail)
+        return hw.mdadm_event(*args, {"realert_hours": 24}, alert=alerts, clock=clock, detail=detail, sysfs=lambda *_a: None)
     assert event("Fail", "/dev/md0", "/dev/sdb1") == 0
     assert event("DegradedArray", "/dev/md0", "") == 0          # the daily reminder: already said
     assert event("Fail", "/dev/md0", "/dev/sdc1") == 0          # a second disk: said at once
@@ -304,13 +395,42 @@ def test_mdadm_events_fail_reminder_and_recovery(state_dir, capsys):
     assert "mdadm --detail output" in alerts.sent[0][2]
 
 
-def test_the_periodic_check_and_the_mdadm_hook_share_one_state(state_dir):
+def test_scrubs_and_progress_are_not_mailed_and_a_still_degraded_array_is_not_called_rebuilt(state_dir, capsys):
+    clock, alerts = Clock(), Alerts()
+    degraded = {"value": "0"}
+    def event(*args):
+        return hw.mdadm_event(*args, {}, alert=alerts, clock=clock, detail=lambda _a: "",
+                              sysfs=lambda _n, _f: degraded["value"])
+    # Debian's monthly checkarray on a healthy array: started, progress, finished.
+    for name in ("RebuildStarted", "Rebuild20", "Rebuild80", "RebuildFinished"):
+        assert event(name, "/dev/md0", "") == 0
+    assert alerts.sent == []
+    event("Fail", "/dev/md0", "/dev/sdb1")
+    degraded["value"] = "1"        # the rebuild onto a spare ended, another member still missing
+    event("RebuildFinished", "/dev/md0", "")
+    assert alerts.titles() == ["RAID /dev/md0: disk /dev/sdb1 failed"]
+    degraded["value"] = "0"
+    event("RebuildFinished", "/dev/md0", "")
+    assert alerts.titles()[-1] == "RAID /dev/md0 rebuilt, redundancy is back"
+
+
+def test_mdadm_names_arrays_as_the_kernel_does(tmp_path, state_dir):
+    """Debian's mdadm.conf names arrays /dev/md/0, a link to /dev/md0, the name /proc/mdstat uses."""
+    (tmp_path / "md0").touch()
+    (tmp_path / "md").mkdir()
+    os.symlink(tmp_path / "md0", tmp_path / "md" / "0")
+    assert hw.array_name(str(tmp_path / "md" / "0")) == "md0"
+    assert hw.array_name("/dev/md/host:0") == "host:0"
+
+
+def test_the_periodic_check_and_the_mdadm_hook_share_one_state(state_dir, monkeypatch):
     """The same degraded mirror reported by mdadm's monitor and by the check is mailed once."""
     clock, alerts = Clock(), Alerts()
-    hw.mdadm_event("DegradedArray", "/dev/md0", "", {}, alert=alerts, clock=clock, detail=lambda _a: "")
+    monkeypatch.setattr(hw, "array_name", lambda _a: "md0")   # /dev/md/0 -> md0
+    hw.mdadm_event("DegradedArray", "/dev/md/0", "", {}, alert=alerts, clock=clock, detail=lambda _a: "")
     check = make_check(state_dir, clock, alerts)
     check.raid(DEGRADED.replace("md1 :", "mdX :").split("\n\nmdX")[0] + "\n")
-    assert [t for _, t, _ in alerts.sent] == ["RAID /dev/md0 degraded"]
+    assert [t for _, t, _ in alerts.sent] == ["RAID /dev/md/0 degraded"]
 
 
 def test_state_folder_is_private_and_a_planted_link_is_refused_not_followed(state_dir, tmp_path):
@@ -326,7 +446,15 @@ def test_state_folder_is_private_and_a_planted_link_is_refused_not_followed(stat
     os.chmod(elsewhere, 0o777)
     os.symlink(elsewhere, state_dir)
     alerts = Alerts()
-    assert hw.mdadm_event("Fail", "/dev/md0", "/dev/sdb1", {}, alert=alerts, clock=Clock(), detail=lambda _a: "") == 0
+    assert hw.mdadm_event("Fail", "/dev/md0", "/dev/sdb1", {}, alert=alerts, clock=Clock(), detail=lambda _a: "",
+                          sysfs=lambda *_a: None) == 0
     assert hw.smartd_event(smartd_env("Health"), {}, alert=alerts, clock=Clock()) == 0
     assert len(alerts.sent) == 2
     assert os.listdir(elsewhere) == []
+
+
+def test_settings_that_cannot_be_read_are_alerted_once_a_day(state_dir, monkeypatch):
+    alerts = Alerts()
+    hw.settings_missing("no such file", alert=alerts)
+    hw.settings_missing("no such file", alert=alerts)
+    assert alerts.titles() == ["The hardware check cannot read its settings"]
