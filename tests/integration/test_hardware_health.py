@@ -94,6 +94,8 @@ def test_the_check_runs_on_a_timer_and_ran_recently(host, expect):
     age = (dt.datetime.now(dt.timezone.utc) - checked).total_seconds()
     limit = expect("hardware_health_check_interval_minutes") * 60 * 2 + 600
     assert age < limit, f"the last check is {age / 60:.0f} min old (every {expect('hardware_health_check_interval_minutes')} min)"
+    errors = status(host).get("errors", [])
+    assert not errors, f"parts of the check fail: {errors}"
 
 
 def test_no_file_system_is_full(host, evidence):
@@ -123,7 +125,9 @@ def test_memory_errors_are_watched_where_the_hardware_reports_them(host, evidenc
     assert memory["uncorrected"] == 0, f"{memory['uncorrected']} uncorrectable memory errors"
 
 
-def test_maintenance_contract_on_record_and_running(host, evidence):
+def test_maintenance_contract_on_record_and_running(host, evidence, inventory):
+    if host.inventory_name in inventory.group("backup_offsite"):
+        not_applicable("the MSP's own off-site server: its upkeep is the MSP's, not the practice's contract")
     contract = status(host)["contract"]
     machine = contract["machine"]
     evidence("Machine", " ".join(v for v in (machine.get("vendor"), machine.get("model"), machine.get("serial")) if v) or "non renseignée")

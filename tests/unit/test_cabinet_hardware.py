@@ -110,6 +110,9 @@ def test_an_inactive_array_is_not_healthy_but_a_container_is_not_judged():
     assert md0["degraded"], "an array that is not running serves no data"
     assert md127["container"] and not md127["degraded"]
     assert not md126["degraded"]
+    # An Intel RST volume assembled but not started: no level, its metadata points to the container.
+    (member,) = hw.mdstat("md126 : inactive sda[0]\n      976759808 blocks super external:-md127/0\n\nunused devices: <none>\n")
+    assert not member["container"] and member["degraded"]
 
 
 def test_space_level_speaks_for_small_and_large_disks():
@@ -149,6 +152,13 @@ def test_container_overlays_are_left_out_but_a_container_root_is_not(tmp_path):
         f"40 21 0:90 / {tmp_path} rw - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/X",
     ])
     assert [e["mount"] for e in hw.mounts(text, ["overlay"], [])] == ["/"]
+
+
+def test_a_trailing_slash_leaves_out_only_what_is_mounted_below(tmp_path):
+    (tmp_path / "x").mkdir()
+    text = "\n".join([f"30 1 8:1 / {tmp_path} rw - ext4 /dev/sdb1 rw", f"31 30 8:2 / {tmp_path}/x rw - ext4 /dev/sdc1 rw"])
+    assert [e["mount"] for e in hw.mounts(text, ["ext4"], [f"{tmp_path}/"])] == [str(tmp_path)]
+    assert hw.mounts(text, ["ext4"], [str(tmp_path)]) == []
 
 
 def test_key_paths_are_placed_by_the_mount_table_without_touching_them():
@@ -238,6 +248,26 @@ def test_one_failing_part_is_alerted_and_the_others_still_run(state_dir, monkeyp
     assert alerts.titles()[2] == "The hardware check failed on its contract part"
     assert len(alerts.sent) == 3, "the second check mailed again: the state was not saved"
     assert check.status["raid"]["arrays"] and "contract" in check.status["errors"][0]
+
+
+def test_a_part_failing_every_other_run_is_not_mailed_every_other_run(state_dir, monkeypatch):
+    clock, alerts = Clock(), Alerts()
+    monkeypatch.setattr(hw, "read_text", lambda _p: "")
+    monkeypatch.setattr(hw, "edac_counts", lambda: None)
+    for run in range(8):
+        machine = {"contract_end": "2027-01-31 " if run % 2 == 0 else "2027-01-31"}
+        make_check(state_dir, clock, alerts, machine=machine).run_parts()
+        clock.now += 900
+    assert alerts.titles().count("The hardware check failed on its contract part") == 1
+
+
+def test_space_runs_last_so_a_blocked_disk_does_not_stop_the_rest(state_dir, monkeypatch):
+    order = []
+    check = make_check(state_dir, Clock(), Alerts())
+    for name in ("raid", "memory", "contract", "space"):
+        monkeypatch.setattr(check, name, lambda *_a, name=name: order.append(name))
+    check.run_parts()
+    assert order[-1] == "space"
 
 
 def test_an_uncorrectable_memory_error_is_not_lost_when_the_relay_is_down(tmp_path, state_dir):
@@ -412,6 +442,34 @@ def test_scrubs_and_progress_are_not_mailed_and_a_still_degraded_array_is_not_ca
     degraded["value"] = "0"
     event("RebuildFinished", "/dev/md0", "")
     assert alerts.titles()[-1] == "RAID /dev/md0 rebuilt, redundancy is back"
+
+
+def test_a_scrub_that_finds_mismatches_is_mailed_once_a_month(state_dir):
+    clock, alerts = Clock(), Alerts()
+    def finished(component):
+        return hw.mdadm_event("RebuildFinished", "/dev/md0", component, {}, alert=alerts, clock=clock,
+                              detail=lambda _a: "", sysfs=lambda *_a: "0")
+    finished(" mismatches found: 0 (on raid level 6)")
+    assert alerts.sent == []
+    finished(" mismatches found: 4096 (on raid level 6)")
+    finished(" mismatches found: 4096 (on raid level 6)")
+    assert alerts.titles() == ["RAID /dev/md0: the scrub found 4096 mismatched blocks"]
+    clock.now += 26 * 86400
+    finished(" mismatches found: 4096 (on raid level 6)")
+    assert len(alerts.sent) == 2
+
+
+def test_a_replaced_disk_leaves_no_key_that_would_call_the_next_scrub_a_rebuild(state_dir):
+    """The relay was down when the rebuild ended: the check later sees the array healthy, and
+    the next monthly scrub's RebuildFinished must not say "redundancy is back"."""
+    clock, alerts = Clock(), Alerts()
+    hw.mdadm_event("Fail", "/dev/md0", "/dev/sdb1", {}, alert=alerts, clock=clock, detail=lambda _a: "", sysfs=lambda *_a: "0")
+    check = make_check(state_dir, clock, alerts)
+    check.raid(HEALTHY)
+    check.state.save()
+    before = len(alerts.sent)
+    hw.mdadm_event("RebuildFinished", "/dev/md0", "", {}, alert=alerts, clock=clock, detail=lambda _a: "", sysfs=lambda *_a: "0")
+    assert len(alerts.sent) == before
 
 
 def test_mdadm_names_arrays_as_the_kernel_does(tmp_path, state_dir):

@@ -455,6 +455,9 @@ CASES = [
     ("hardware_health", {"hardware_health_space_critical_free_gib": 0}, "hardware_health_space_warning_free_gib",
      "0 < critical <= warning"),
     ("hardware_health", {"hardware_health_ignore_mounts": ["media"]}, "hardware_health_ignore_mounts", "absolute mount points"),
+    ("hardware_health", {"hardware_health_ignore_mounts": ["/media "]}, "hardware_health_ignore_mounts", "absolute mount points"),
+    ("hardware_health", {"hardware_health_key_paths": [{"path": "/srv ", "label": "données"}]}, "hardware_health_key_paths",
+     "path: /absolute/folder"),
     ("hardware_health", {"hardware_health_notice_days": 3}, "hardware_health_notice_days", "7 to 365"),
     ("hardware_health", {"hardware_health_check_interval_minutes": 0}, "hardware_health_check_interval_minutes", "1 to 1440"),
 ]
