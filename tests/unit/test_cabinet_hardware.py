@@ -44,6 +44,14 @@ unused devices: <none>
 """
 
 
+DEGRADED_MD0 = """Personalities : [raid1]
+md0 : active raid1 sdb1[1](F) sda1[0]
+      976630464 blocks super 1.2 [2/1] [U_]
+
+unused devices: <none>
+"""
+
+
 class Alerts:
     """A stand-in for cabinet_common.alert: records (severity, title, details); queued unless told."""
 
@@ -487,7 +495,7 @@ def test_the_periodic_check_and_the_mdadm_hook_share_one_state(state_dir, monkey
     monkeypatch.setattr(hw, "array_name", lambda _a: "md0")   # /dev/md/0 -> md0
     hw.mdadm_event("DegradedArray", "/dev/md/0", "", {}, alert=alerts, clock=clock, detail=lambda _a: "")
     check = make_check(state_dir, clock, alerts)
-    check.raid(DEGRADED.replace("md1 :", "mdX :").split("\n\nmdX")[0] + "\n")
+    check.raid(DEGRADED_MD0)
     assert [t for _, t, _ in alerts.sent] == ["RAID /dev/md/0 degraded"]
 
 
@@ -516,3 +524,14 @@ def test_settings_that_cannot_be_read_are_alerted_once_a_day(state_dir, monkeypa
     hw.settings_missing("no such file", alert=alerts)
     hw.settings_missing("no such file", alert=alerts)
     assert alerts.titles() == ["The hardware check cannot read its settings"]
+
+
+def test_settings_reached_through_a_symlink_are_refused(tmp_path):
+    """The settings are root's file: a link planted in their place is not followed."""
+    real = tmp_path / "real.json"
+    real.write_text('{"limits": {}}', encoding="utf-8")
+    link = tmp_path / "hardware_health.json"
+    os.symlink(real, link)
+    with pytest.raises(hw.BadSettings):
+        hw.load_settings(str(link))
+    assert hw.load_settings(str(real)) == {"limits": {}}
