@@ -656,15 +656,32 @@ def hold_timer(lab, request, unit: str, wait: float) -> None:
 
 
 def run_service(lab, unit: str, ended, wait: float = 20) -> str:
-    """One run of ``unit``.service and what that run logged (its invocation's journal), once
-    ``ended(text)`` finds it all there: journald writes the run's lines a moment after it ends."""
+    """One run of ``unit``.service and what that run logged, once ``ended(text)`` finds it all
+    there: journald writes the run's lines a moment after it ends.
+
+    The run's lines are the unit's (``_SYSTEMD_UNIT``) after a journal cursor taken before the
+    start, not those of its ``_SYSTEMD_INVOCATION_ID``: journald reads the invocation ID from the
+    unit's cgroup when it handles a line, and a short oneshot's cgroup can be gone by then (CI of
+    session 16 read nothing in 20 s; a loop of 20 runs here left one without it). The unit's name
+    it also has from the stdout stream's header, which PID 1 writes. The unit is matched here,
+    not by journalctl: systemd 252's ``--after-cursor`` with a match skips the first matching
+    line. The callers hold the unit's timer, so no other run of the unit comes between."""
+    cursor = lab.check_output("journalctl -n 0 --show-cursor --no-pager")
+    found = re.search(r"-- cursor: (\S+)", cursor)
+    assert found, cursor
     started = lab.run(f"systemctl start {unit}.service")
     assert started.rc == 0, started.stderr
-    invocation = lab.check_output(f"systemctl show --property=InvocationID --value {unit}.service")
-    assert re.fullmatch(r"[0-9a-f]{32}", invocation), invocation
     deadline = time.monotonic() + wait
     while True:
-        said = lab.check_output(f"journalctl _SYSTEMD_INVOCATION_ID={invocation} -o cat --no-pager")
+        lines = []
+        for entry in lab.check_output(f"journalctl --after-cursor={shlex.quote(found.group(1))} "
+                                      "-o json --output-fields=_SYSTEMD_UNIT,MESSAGE --no-pager").splitlines():
+            fields = json.loads(entry)
+            if fields.get("_SYSTEMD_UNIT") == f"{unit}.service":
+                message = fields.get("MESSAGE") or ""
+                # journald gives a message that is not valid UTF-8 as a list of bytes
+                lines.append(bytes(message).decode(errors="replace") if isinstance(message, list) else message)
+        said = "\n".join(lines)
         if ended(said) or time.monotonic() > deadline:
             return said
         time.sleep(0.5)
