@@ -14,6 +14,7 @@ tests can stop and read) take the ``mailsink`` fixture; on a real inventory, whi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -119,6 +120,7 @@ _LAB_RUN: dict[str, bool] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     _LAB_RUN["on"] = _lab_run(config)
+    config.addinivalue_line("markers", "mailsink_outage: the test stops the lab's mail sink (see pytest_runtest_protocol)")
     path = config.getoption("report_json", default="")
     if path and not hasattr(config, "workerinput"):  # on the controller only, with pytest-xdist
         config.pluginmanager.register(Results(path, config), "cabinet-results")
@@ -242,7 +244,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # it is there when xdist's own collection hook names the groups; added in
     # pytest_collection_modifyitems it came after that hook, and session 8's parallel run had
     # one host's tests on two workers at once (their rollback timers met).
-    params = [pytest.param(n, id=n, marks=pytest.mark.xdist_group(name=n)) for n in names]
+    # A host on which no check changes anything (not a lab host, or a read-only audit) has a
+    # group per suite instead: its practices are audited side by side (make demo's server has
+    # half the demo's checks; the mail sink's users take MAILSINK_LOCK).
+    read_only = metafunc.config.getoption("read_only", default=False)
+
+    def group(name: str) -> str:
+        if not read_only and inventory.vars(name).get("cabinet_lab", False):
+            return name
+        return f"{name}::{Path(str(metafunc.module.__file__)).stem}"
+
+    params = [pytest.param(n, id=n, marks=pytest.mark.xdist_group(name=group(n))) for n in names]
     metafunc.parametrize("host", params, indirect=True, scope="module")
 
 
@@ -436,8 +448,38 @@ def mailsink(request: pytest.FixtureRequest, inventory: Inventory) -> "MailSink"
     return MailSink(connect(inventory, names[0]))
 
 
+# One mail sink serves the whole lab, and pytest-xdist runs hosts side by side (make demo's
+# audit, one worker a host): a test that stops the sink (marked mailsink_outage) must not run
+# while another waits for a delivery, which would arrive only at Postfix's next queue run,
+# after that test had given up (session 15 lost a delivery so). Each test that takes the
+# ``mailsink`` fixture holds a lock on this machine for its whole run: shared, or exclusive
+# for an outage. The lock file is in the repository's build/ (the user's, not /tmp).
+MAILSINK_LOCK = ROOT / "build" / "mailsink.lock"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001 - pytest's signature
+    if "mailsink" not in getattr(item, "fixturenames", ()) or item.config.getoption("read_only", default=False):
+        yield
+        return
+    MAILSINK_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(MAILSINK_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    outage = item.get_closest_marker("mailsink_outage") is not None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if outage else fcntl.LOCK_SH)
+        _MAILSINK_OUTAGE["allowed"] = outage
+        yield
+    finally:
+        _MAILSINK_OUTAGE["allowed"] = False
+        os.close(descriptor)  # (closing releases the lock)
+
+
+_MAILSINK_OUTAGE = {"allowed": False}
+
+
 class MailSink:
-    """The lab's stand-in for the MSP relay: a Maildir the tests read, a service they stop."""
+    """The lab's stand-in for the MSP relay: a Maildir the tests read, a service they stop
+    (only in a test marked ``mailsink_outage``)."""
 
     MAILDIR = "/var/mail/sink"
 
@@ -496,6 +538,7 @@ class MailSink:
         raise AssertionError(f"no new {practice} alert mentioning {text!r} from {mail_host} within {timeout:.0f} s")
 
     def stop(self) -> None:
+        assert _MAILSINK_OUTAGE["allowed"], "a test that stops the mail sink is marked mailsink_outage (see MAILSINK_LOCK)"
         assert self.host.run("systemctl stop mailsink").rc == 0
 
     def start(self) -> None:
@@ -844,6 +887,10 @@ class Results:
 
     def pytest_sessionfinish(self, session) -> None:
         data = {"schema": 1, "inventory": self.inventory(session.config),
+                # The report says how its checks ran: read-only (a client's audit), or with the
+                # checks that change a lab host (make demo's audit, which its report reuses).
+                "read_only": bool(session.config.getoption("read_only", default=False)),
+                "inventory_source": str(Path(_inventory_source(session.config)).resolve()),
                 "checks": sorted(self.checks.values(), key=lambda c: (c["host"], c["check"]))}
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)

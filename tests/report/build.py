@@ -10,7 +10,9 @@ as data for the MSP, and the fleet page over every client reported.
 reports/<client>/<stamp>/: report.json (schema below), rapport.html, rapport.pdf (from the same
 HTML, by WeasyPrint), junit.xml (pytest's), results.json (the raw checks), and then
 reports/index.html. <stamp> is the UTC date and time, YYYY-MM-DD-HHMMSS, so that two reports of
-one day are both kept and ordered. Exit status: 0 every practice holds on every host, 1 a gap
+one day are both kept and ordered. With --from-audit FOLDER (make demo), no audit runs: the
+report is made from the one pytest already wrote in FOLDER on this same inventory, and says
+whether that audit was read-only. Exit status: 0 every practice holds on every host, 1 a gap
 or an unreachable host somewhere, 2 a report could not be made.
 
 Everything the report says comes from three files: the checks' results (results.json, written
@@ -195,6 +197,8 @@ def build_report(results: dict, controls: dict, hygiene: dict, meta: dict) -> di
         "practice_name": inventory.get("practice_name") or meta["client"],
         "toolkit_version": meta.get("toolkit_version", "?"),
         "inventory_sha256": meta.get("inventory_sha256", ""),
+        # (results written before this key existed came from build.py's own read-only audit)
+        "read_only": bool(results.get("read_only", True)),
         "summary": {"status": worst(list(summary.values())), "practices": summary,
                     "held": sum(s == "conforme" for s in summary.values()),
                     "applicable": sum(s != "non_applicable" for s in summary.values()),
@@ -521,16 +525,36 @@ def audit(source: Path, folder: Path, check_timeout: int, workers: int, host_bud
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def reusable_audit(source: Path, audit_dir: Path) -> None:
+    """An audit already run on this inventory (make demo's: pytest with --report-json into
+    ``audit_dir``) can stand for a new one only if it audited this very inventory file; the
+    results of another are refused (before any report folder is made)."""
+    results = json.loads((audit_dir / "results.json").read_text(encoding="utf-8"))
+    audited = results.get("inventory_source", "")
+    if not audited or Path(audited) != inventory_file(source).resolve():
+        raise RuntimeError(f"{audit_dir / 'results.json'} is the audit of {audited or 'an unnamed inventory'}, "
+                           f"not of {inventory_file(source).resolve()}")
+
+
 def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_timeout: int, workers: int,
-               host_budget: int = 1800, stamp: dt.datetime | None = None, client: str | None = None) -> tuple[dict, Path]:
+               host_budget: int = 1800, stamp: dt.datetime | None = None, client: str | None = None,
+               from_audit: Path | None = None) -> tuple[dict, Path]:
     stamp = stamp or dt.datetime.now(dt.timezone.utc)
     client = client or (source if source.is_dir() else source.parent).name
     if not CLIENT_NAME.match(client):
         raise ValueError(f"{client!r}: a client's name is letters, digits, '.', '-' and '_' (64 at most)")
+    if from_audit is not None:
+        reusable_audit(source, from_audit)
     folder = out / client / stamp.strftime("%Y-%m-%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=False)
     os.chmod(folder, 0o750)
-    rc = audit(source, folder, check_timeout, workers, host_budget)
+    if from_audit is None:
+        rc = audit(source, folder, check_timeout, workers, host_budget)
+    else:  # its files, copied into the report's folder
+        for name in ("results.json", "junit.xml", "audit.log"):
+            if (from_audit / name).is_file():
+                write_text(folder / name, (from_audit / name).read_text(encoding="utf-8"))
+        rc = 0
     results_path = folder / "results.json"
     if rc not in (0, 1) or not results_path.is_file():
         raise RuntimeError(f"{client}: the audit could not run (pytest exit {rc}); see {folder / 'audit.log'}")
@@ -558,6 +582,9 @@ def main(argv: list[str]) -> int:
     run.add_argument("--workers", type=int, default=2, help="hosts audited side by side (pytest-xdist)")
     run.add_argument("--client", help="the client's name (default: the inventory's folder name); one --inventory only. "
                                       "AWX gives a job its inventory as a file of its own: playbooks/report.yml names the client")
+    run.add_argument("--from-audit", type=Path, metavar="FOLDER",
+                     help="no new audit: build the report from the one pytest wrote there (--report-json=FOLDER/results.json, "
+                          "--junitxml=FOLDER/junit.xml) on this same inventory; one --inventory only (make demo)")
     fleet = sub.add_parser("fleet", help="rewrite the fleet page from the reports already there")
     fleet.add_argument("--out", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
@@ -568,6 +595,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.client and len(args.inventory) > 1:
         parser.error("--client names one client: give one --inventory with it")
+    if args.from_audit and len(args.inventory) > 1:
+        parser.error("--from-audit is one inventory's audit: give one --inventory with it")
     status = 0
     for source in args.inventory:
         several = source.is_dir() and not (source / "hosts.yml").is_file() and any(source.glob("*/hosts.yml"))
@@ -580,10 +609,11 @@ def main(argv: list[str]) -> int:
             print(f"ERROR: {source}: no inventory there (expected a folder with hosts.yml)", file=sys.stderr)
             status = 2
             continue
-        print(f"==> auditing {source} (read-only)", flush=True)
+        print(f"==> reporting on {source} from the audit in {args.from_audit}" if args.from_audit
+              else f"==> auditing {source} (read-only)", flush=True)
         try:
             report, folder = report_one(source, args.out, controls, hygiene, args.check_timeout, args.workers,
-                                        args.host_budget, client=args.client)
+                                        args.host_budget, client=args.client, from_audit=args.from_audit)
         except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the others
             print(f"ERROR: {source}: the report could not be made: {type(exc).__name__}: {exc}", file=sys.stderr)
             status = 2

@@ -476,3 +476,46 @@ def test_secrets_are_masked_in_every_form_a_message_can_show_them(rig, tmp_path)
                                 "pem line: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC; short: abcd")
     for piece in ("sswort", "MIIEvQ", "abcd"):
         assert piece not in shown, shown
+
+
+# ----------------------------------------------------------------------------- make demo's one audit
+def demo_audit(tmp_path: Path, audited: Path) -> tuple[Path, Path]:
+    """A client folder and the audit folder make demo leaves (pytest's --report-json and
+    --junitxml, with the checks that change a lab host: read_only false)."""
+    client = tmp_path / "demo"
+    client.mkdir()
+    (client / "hosts.yml").write_text("all: {}\n", encoding="utf-8")
+    folder = tmp_path / "demo-audit"
+    folder.mkdir()
+    results = recorded() | {"read_only": False, "inventory_source": str(audited.resolve())}
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    (folder / "junit.xml").write_text("<testsuites/>", encoding="utf-8")
+    (folder / "audit.log").write_text("1 failed, 9 passed\n", encoding="utf-8")
+    return client, folder
+
+
+def test_make_demo_s_report_reuses_its_audit_and_says_how_the_checks_ran(tmp_path, monkeypatch):
+    client = tmp_path / "demo"
+    _, folder = demo_audit(tmp_path, client / "hosts.yml")
+    monkeypatch.setattr(build, "audit", lambda *a, **k: pytest.fail("a second audit ran"))
+    report, out = build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
+    assert report["read_only"] is False and report["summary"]["unreachable_hosts"] == ["ws-2"]
+    assert sorted(p.name for p in out.iterdir()) == ["audit.log", "junit.xml", "rapport.html", "rapport.pdf",
+                                                      "report.json", "results.json"]
+    page = (out / "rapport.html").read_text(encoding="utf-8")
+    assert "audit complet, fait sur des machines de démonstration" in page and "lancés en lecture seule" not in page
+    # A client's report (build.py's own audit, read-only) keeps saying so.
+    assert "lancés en lecture seule" in build.render_html(build.build_report(recorded(), CONTROLS, HYGIENE, META))
+
+
+def test_an_audit_of_another_inventory_is_refused(tmp_path, monkeypatch):
+    client, folder = demo_audit(tmp_path, tmp_path / "other" / "hosts.yml")
+    monkeypatch.setattr(build, "audit", lambda *a, **k: pytest.fail("a second audit ran"))
+    with pytest.raises(RuntimeError, match="is the audit of .*other/hosts.yml, not of .*demo/hosts.yml"):
+        build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
+    # and one with no inventory named at all (written before make demo reused its audit)
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    del results["inventory_source"]
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="an unnamed inventory"):
+        build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
