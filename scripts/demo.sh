@@ -45,15 +45,16 @@ case "${1:-up}" in
     step "site.yml took $(( $(date +%s) - start )) s; tasks changed: ${changed:-0}"
     step "Backing up demo-server to its disk and to demo-offsite, as the nightly timer would"
     podman exec demo-server cabinet-backup run > build/demo-backup.log 2>&1 || { cat build/demo-backup.log; exit 1; }
-    # The three hosts side by side, one pytest-xdist worker each (loadgroup: a host's checks stay on
-    # one worker, over one SSH connection); the checks that share the lab's one mail sink take
-    # a lock on it (tests/integration/conftest.py, MAILSINK_LOCK). Its results are the
-    # compliance report's below: one audit, not two.
-    step "Auditing the demo practice with tests/integration (over SSH with sudo, the hosts side by side)"
+    # Three pytest-xdist workers; --split-suites: a group per host and practice, so the server's
+    # practices are audited side by side too (no demo host is a lab host, cabinet_lab, whose checks
+    # change it; the checks that use the lab's mail sink take its lock: tests/integration/conftest.py).
+    # --assert=plain as the report's own audit: a failure shows its message, not compared values.
+    # Its results are the compliance report's below: one audit, not two.
+    step "Auditing the demo practice with tests/integration (over SSH with sudo, its practices side by side)"
     rc=0
     rm -rf build/demo-audit && mkdir -p build/demo-audit
-    pytest -p no:cacheprovider -q -rfE -n 3 \
-      --dist loadgroup --ansible-inventory="$inventory" --ansible-log=build/demo-site.log \
+    pytest -p no:cacheprovider -q -rfE -n 3 --dist loadgroup --split-suites --assert=plain \
+      --ansible-inventory="$inventory" --ansible-log=build/demo-site.log \
       --report-json=build/demo-audit/results.json --junitxml=build/demo-audit/junit.xml \
       -o junit_family=xunit2 -o junit_suite_name=cabinet-hardening tests/integration \
       > build/demo-audit/audit.log 2>&1 || rc=$?

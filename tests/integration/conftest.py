@@ -67,6 +67,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds a host's whole audit may take; past it, its remaining checks report it unreachable (0: no limit)",
     )
     parser.addoption(
+        "--split-suites",
+        action="store_true",
+        help="pytest-xdist: one group per host and suite instead of one per host, so a host's practices "
+             "are audited side by side (make demo); a lab host whose checks may change it (cabinet_lab: true, "
+             "not --read-only) keeps one group. --host-budget and the reachability probe then count per worker",
+    )
+    parser.addoption(
         "--lab-run",
         action="store_true",
         help="the inventory is a lab (Molecule, the demo): every audited host must be a lab host "
@@ -244,13 +251,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # it is there when xdist's own collection hook names the groups; added in
     # pytest_collection_modifyitems it came after that hook, and session 8's parallel run had
     # one host's tests on two workers at once (their rollback timers met).
-    # A host on which no check changes anything (not a lab host, or a read-only audit) has a
-    # group per suite instead: its practices are audited side by side (make demo's server has
-    # half the demo's checks; the mail sink's users take MAILSINK_LOCK).
+    # With --split-suites (make demo), a host whose checks cannot change it (not a lab host, or
+    # a read-only audit) has a group per suite instead: its practices are audited side by side
+    # (the demo's server has half the demo's checks). The tests that use the lab's mail sink,
+    # the one thing they change then, take its lock (_mailsink_turn). Without it (Molecule,
+    # build.py's audits), the per-host bookkeeping below (_REACHED, _STALLED, _HOST_STARTED: per
+    # process) is per host.
+    split = metafunc.config.getoption("split_suites", default=False)
     read_only = metafunc.config.getoption("read_only", default=False)
 
     def group(name: str) -> str:
-        if not read_only and inventory.vars(name).get("cabinet_lab", False):
+        if not split or (not read_only and inventory.vars(name).get("cabinet_lab", False)):
             return name
         return f"{name}::{Path(str(metafunc.module.__file__)).stem}"
 
@@ -448,33 +459,68 @@ def mailsink(request: pytest.FixtureRequest, inventory: Inventory) -> "MailSink"
     return MailSink(connect(inventory, names[0]))
 
 
-# One mail sink serves the whole lab, and pytest-xdist runs hosts side by side (make demo's
-# audit, one worker a host): a test that stops the sink (marked mailsink_outage) must not run
-# while another waits for a delivery, which would arrive only at Postfix's next queue run,
+# One mail sink serves a whole lab, and pytest-xdist can run its checks side by side (make
+# demo's audit, --split-suites): a test that stops the sink (marked mailsink_outage) must not
+# run while another waits for a delivery, which would arrive only at Postfix's next queue run,
 # after that test had given up (session 15 lost a delivery so). Each test that takes the
-# ``mailsink`` fixture holds a lock on this machine for its whole run: shared, or exclusive
-# for an outage. The lock file is in the repository's build/ (the user's, not /tmp).
-MAILSINK_LOCK = ROOT / "build" / "mailsink.lock"
+# ``mailsink`` fixture holds a lock on the sink for its whole run: shared, or exclusive for an
+# outage; an outage waiting holds a turnstile that keeps new shared holders out, so it cannot be
+# starved. The lock files are this checkout's (build/, the user's, not /tmp), one per sink
+# (Molecule runs two scenarios, each with its own sink, at once); a wait is bounded.
+MAILSINK_LOCK_WAIT = 900
+_MAILSINK_OUTAGE = {"allowed": False}
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001 - pytest's signature
-    if "mailsink" not in getattr(item, "fixturenames", ()) or item.config.getoption("read_only", default=False):
+def _lock_file(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        pytest.fail(f"cannot open the mail sink's lock {path}: {exc}")
+    if os.fstat(descriptor).st_uid != os.geteuid():
+        os.close(descriptor)
+        pytest.fail(f"{path} belongs to another user: remove it (it is this checkout's lock on the lab's mail sink)")
+    return descriptor
+
+
+def _flock(descriptor: int, mode: int, path: Path, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {MAILSINK_LOCK_WAIT} s for the lab's mail sink ({path}): another check "
+                            "kept it; is another run of the suites using this lab?")
+            time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def _mailsink_turn(request: pytest.FixtureRequest):
+    if "mailsink" not in request.fixturenames or request.config.getoption("read_only", default=False):
         yield
         return
-    MAILSINK_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(MAILSINK_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    outage = item.get_closest_marker("mailsink_outage") is not None
+    names = _inventory(_inventory_source(request.config)).group(LAB_MAILSINK_GROUP)
+    if not names:  # (the mailsink fixture says why the test does not apply)
+        yield
+        return
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(names[0]))[:64]
+    lock, turnstile = (ROOT / "build" / f"mailsink-{stem}{suffix}.lock" for suffix in ("", ".turnstile"))
+    outage = request.node.get_closest_marker("mailsink_outage") is not None
+    deadline = time.monotonic() + MAILSINK_LOCK_WAIT
+    held, gate = _lock_file(lock), _lock_file(turnstile)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX if outage else fcntl.LOCK_SH)
+        _flock(gate, fcntl.LOCK_EX, turnstile, deadline)
+        try:
+            _flock(held, fcntl.LOCK_EX if outage else fcntl.LOCK_SH, lock, deadline)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         _MAILSINK_OUTAGE["allowed"] = outage
         yield
     finally:
         _MAILSINK_OUTAGE["allowed"] = False
-        os.close(descriptor)  # (closing releases the lock)
-
-
-_MAILSINK_OUTAGE = {"allowed": False}
+        os.close(held)  # (closing releases the lock)
+        os.close(gate)
 
 
 class MailSink:
@@ -692,7 +738,8 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
 # --check-timeout bounds each check (its fixtures' set-up included); --host-budget bounds a
 # host's whole audit. A host whose check ran out of time, or past its budget, is reported
 # unreachable for the rest: one that answers the probe and then stalls costs one time-out, not
-# one per check. (Per process: pytest-xdist runs each host's checks in one worker.)
+# one per check. (Per process: pytest-xdist runs each host's checks in one worker, unless
+# --split-suites, which make demo alone uses, with no --host-budget.)
 _STALLED: dict[str, str] = {}
 _HOST_STARTED: dict[str, float] = {}
 
@@ -865,6 +912,8 @@ class Results:
         self.path = path
         self.config = config
         self.checks: dict[str, dict[str, Any]] = {}
+        self.started = ""
+        self.deselected = 0
 
     def pytest_runtest_logreport(self, report) -> None:
         props = dict((k, v) for k, v in getattr(report, "user_properties", []) if k != EVIDENCE)
@@ -885,8 +934,25 @@ class Results:
             entry["reason"] = props.get("cabinet_reason") or scrub(self.config, str(report.longrepr or "?"))[-600:]
             entry["unreachable"] = props.get("cabinet_unreachable", "")
 
-    def pytest_sessionfinish(self, session) -> None:
+    def pytest_sessionstart(self, session) -> None:  # noqa: ARG002 - pytest's signature
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def pytest_deselected(self, items) -> None:
+        self.deselected += len(items)
+
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        config = session.config
         data = {"schema": 1, "inventory": self.inventory(session.config),
+                # Whether this audit is whole, for a report made from it later (build.py
+                # --from-audit): pytest's exit status, every collected check reported, no
+                # selection (-k, -m, --hosts, a suite left out), and when it ran.
+                "audit": {"exitstatus": int(exitstatus), "collected": session.testscollected,
+                          "deselected": self.deselected,
+                          "selection": bool(config.option.keyword or config.option.markexpr
+                                            or config.getoption("hosts", default=None)),
+                          "suites": sorted({c["check"].partition("::")[0] for c in self.checks.values()}),
+                          "started": self.started,
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                 # The report says how its checks ran: read-only (a client's audit), or with the
                 # checks that change a lab host (make demo's audit, which its report reuses).
                 "read_only": bool(session.config.getoption("read_only", default=False)),

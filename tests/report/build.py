@@ -525,15 +525,42 @@ def audit(source: Path, folder: Path, check_timeout: int, workers: int, host_bud
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def reusable_audit(source: Path, audit_dir: Path) -> None:
+def reusable_audit(source: Path, audit_dir: Path) -> dt.datetime:
     """An audit already run on this inventory (make demo's: pytest with --report-json into
-    ``audit_dir``) can stand for a new one only if it audited this very inventory file; the
-    results of another are refused (before any report folder is made)."""
-    results = json.loads((audit_dir / "results.json").read_text(encoding="utf-8"))
-    audited = results.get("inventory_source", "")
+    ``audit_dir``) can stand for a new one only if it is whole and of this inventory as it is:
+    this very inventory file, every suite and every collected check reported, no selection,
+    pytest's verdict 0 or 1 (not an interruption or an internal error), and no file of the
+    inventory changed since it began. Otherwise it is refused, before any report folder is made.
+    Returns when it ended: the report's date is the audit's."""
+    results_path = audit_dir / "results.json"
+    if results_path.is_symlink():
+        raise RuntimeError(f"{results_path} is a symbolic link: refused")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    audited, run = results.get("inventory_source", ""), results.get("audit") or {}
+    checks = results.get("checks", [])
+    suites = sorted(p.name for p in (ROOT / "tests" / "integration").glob("test_*.py"))
+    problems = []
     if not audited or Path(audited) != inventory_file(source).resolve():
-        raise RuntimeError(f"{audit_dir / 'results.json'} is the audit of {audited or 'an unnamed inventory'}, "
-                           f"not of {inventory_file(source).resolve()}")
+        problems.append(f"it is the audit of {audited or 'an unnamed inventory'}, not of {inventory_file(source).resolve()}")
+    if run.get("exitstatus") not in (0, 1):
+        problems.append(f"pytest ended with {run.get('exitstatus', 'no recorded')} status (0 or 1 is a whole audit)")
+    if run.get("collected") != len(checks) or run.get("deselected") or run.get("selection"):
+        problems.append(f"{len(checks)} checks reported of {run.get('collected', '?')} collected, "
+                        f"selection: {bool(run.get('selection') or run.get('deselected'))}")
+    if run.get("suites") != suites:
+        problems.append(f"suites audited: {', '.join(run.get('suites') or []) or 'none'} (all: {', '.join(suites)})")
+    started = parse_time(run.get("started", ""))
+    finished = parse_time(run.get("finished", ""))
+    if started is None or finished is None:
+        problems.append("no start or end time recorded")
+    else:
+        folder = source if source.is_dir() else source.parent
+        changed = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime > started.timestamp()]
+        if changed:
+            problems.append(f"{len(changed)} inventory file(s) changed since it began ({changed[0]})")
+    if problems:
+        raise RuntimeError(f"{results_path} cannot stand for an audit: " + "; ".join(problems))
+    return finished
 
 
 def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_timeout: int, workers: int,
@@ -544,16 +571,15 @@ def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_tim
     if not CLIENT_NAME.match(client):
         raise ValueError(f"{client!r}: a client's name is letters, digits, '.', '-' and '_' (64 at most)")
     if from_audit is not None:
-        reusable_audit(source, from_audit)
+        stamp = reusable_audit(source, from_audit)
     folder = out / client / stamp.strftime("%Y-%m-%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=False)
     os.chmod(folder, 0o750)
     if from_audit is None:
         rc = audit(source, folder, check_timeout, workers, host_budget)
-    else:  # its files, copied into the report's folder
-        for name in ("results.json", "junit.xml", "audit.log"):
-            if (from_audit / name).is_file():
-                write_text(folder / name, (from_audit / name).read_text(encoding="utf-8"))
+    else:  # its results only, the report's one input (secrets masked by conftest; the audit's
+        # own log and JUnit file hold its tracebacks, and stay where it wrote them)
+        write_text(folder / "results.json", (from_audit / "results.json").read_text(encoding="utf-8"))
         rc = 0
     results_path = folder / "results.json"
     if rc not in (0, 1) or not results_path.is_file():

@@ -479,43 +479,77 @@ def test_secrets_are_masked_in_every_form_a_message_can_show_them(rig, tmp_path)
 
 
 # ----------------------------------------------------------------------------- make demo's one audit
-def demo_audit(tmp_path: Path, audited: Path) -> tuple[Path, Path]:
-    """A client folder and the audit folder make demo leaves (pytest's --report-json and
-    --junitxml, with the checks that change a lab host: read_only false)."""
+ALL_SUITES = sorted(p.name for p in SUITES)
+
+
+def demo_audit(tmp_path: Path, audited: Path | None = None, **audit) -> tuple[Path, Path]:
+    """A client folder and the audit folder make demo leaves (pytest's --report-json, with the
+    checks that change a lab host: read_only false), whole unless ``audit`` says otherwise."""
     client = tmp_path / "demo"
-    client.mkdir()
+    client.mkdir(exist_ok=True)
     (client / "hosts.yml").write_text("all: {}\n", encoding="utf-8")
+    os.utime(client / "hosts.yml", (1_700_000_000, 1_700_000_000))  # written before the audit began
     folder = tmp_path / "demo-audit"
-    folder.mkdir()
-    results = recorded() | {"read_only": False, "inventory_source": str(audited.resolve())}
+    folder.mkdir(exist_ok=True)
+    results = recorded()
+    results |= {"read_only": False, "inventory_source": str((audited or client / "hosts.yml").resolve()),
+                "audit": {"exitstatus": 1, "collected": len(results["checks"]), "deselected": 0, "selection": False,
+                          "suites": ALL_SUITES, "started": "2026-12-07T09:58:00Z", "finished": "2026-12-07T09:59:30Z"}
+                | audit}
     (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
     (folder / "junit.xml").write_text("<testsuites/>", encoding="utf-8")
-    (folder / "audit.log").write_text("1 failed, 9 passed\n", encoding="utf-8")
+    (folder / "audit.log").write_text("E   assert 'compared value' in '...'\n", encoding="utf-8")
     return client, folder
 
 
-def test_make_demo_s_report_reuses_its_audit_and_says_how_the_checks_ran(tmp_path, monkeypatch):
-    client = tmp_path / "demo"
-    _, folder = demo_audit(tmp_path, client / "hosts.yml")
+@pytest.fixture
+def no_second_audit(monkeypatch):
     monkeypatch.setattr(build, "audit", lambda *a, **k: pytest.fail("a second audit ran"))
+
+
+def test_make_demo_s_report_reuses_its_whole_audit_and_says_how_the_checks_ran(tmp_path, no_second_audit):
+    client, folder = demo_audit(tmp_path)
     report, out = build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
     assert report["read_only"] is False and report["summary"]["unreachable_hosts"] == ["ws-2"]
-    assert sorted(p.name for p in out.iterdir()) == ["audit.log", "junit.xml", "rapport.html", "rapport.pdf",
-                                                      "report.json", "results.json"]
+    # Dated when the audit ended; only its results are copied (its log has tracebacks).
+    assert out.name == "2026-12-07-095930" and report["generated"] == "2026-12-07T09:59:30Z"
+    assert sorted(p.name for p in out.iterdir()) == ["rapport.html", "rapport.pdf", "report.json", "results.json"]
     page = (out / "rapport.html").read_text(encoding="utf-8")
-    assert "audit complet, fait sur des machines de démonstration" in page and "lancés en lecture seule" not in page
+    assert "pas limité à la lecture seule" in page and "lancés en lecture seule" not in page
     # A client's report (build.py's own audit, read-only) keeps saying so.
     assert "lancés en lecture seule" in build.render_html(build.build_report(recorded(), CONTROLS, HYGIENE, META))
 
 
-def test_an_audit_of_another_inventory_is_refused(tmp_path, monkeypatch):
-    client, folder = demo_audit(tmp_path, tmp_path / "other" / "hosts.yml")
-    monkeypatch.setattr(build, "audit", lambda *a, **k: pytest.fail("a second audit ran"))
+@pytest.mark.parametrize("audit, refused", [
+    ({"exitstatus": 3}, "pytest ended with 3 status"),            # an internal error, an interruption (2)
+    ({"exitstatus": 2}, "pytest ended with 2 status"),
+    ({"collected": 40}, "checks reported of 40 collected"),        # -x, or a run cut short
+    ({"selection": True}, "selection: True"),                      # -k, -m, --hosts
+    ({"deselected": 3}, "selection: True"),
+    ({"suites": ["test_backup.py"]}, "suites audited: test_backup.py"),
+    ({"started": ""}, "no start or end time recorded"),
+])
+def test_a_partial_or_broken_audit_cannot_stand_for_one(tmp_path, no_second_audit, audit, refused):
+    client, folder = demo_audit(tmp_path, **audit)
+    with pytest.raises(RuntimeError, match=re.escape(refused)):
+        build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
+    assert not (tmp_path / "reports").exists(), "a refused audit leaves no report folder"
+
+
+def test_an_audit_of_another_inventory_or_of_an_older_one_is_refused(tmp_path, no_second_audit):
+    client, folder = demo_audit(tmp_path, audited=tmp_path / "other" / "hosts.yml")
     with pytest.raises(RuntimeError, match="is the audit of .*other/hosts.yml, not of .*demo/hosts.yml"):
         build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
-    # and one with no inventory named at all (written before make demo reused its audit)
-    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    del results["inventory_source"]
-    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
-    with pytest.raises(RuntimeError, match="an unnamed inventory"):
+    client, folder = demo_audit(tmp_path)
+    (client / "group_vars").mkdir()
+    (client / "group_vars" / "all.yml").write_text("backup_enabled: false\n", encoding="utf-8")  # edited since
+    with pytest.raises(RuntimeError, match="1 inventory file.s. changed since it began .*all.yml"):
+        build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)
+
+
+def test_a_results_file_that_is_a_link_is_refused(tmp_path, no_second_audit):
+    client, folder = demo_audit(tmp_path)
+    (folder / "results.json").rename(tmp_path / "elsewhere.json")
+    (folder / "results.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(RuntimeError, match="is a symbolic link"):
         build.report_one(client, tmp_path / "reports", CONTROLS, HYGIENE, 300, 1, from_audit=folder)

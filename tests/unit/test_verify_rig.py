@@ -27,9 +27,11 @@ AUDITED_GROUP = "cabinet_managed"
 
 
 @pytest.mark.parametrize("step", range(8))
-def test_step(host, step):
+def test_step(host, step, request):
+    group = request.node.get_closest_marker("xdist_group")
     with open(Path(__file__).parent / "workers.log", "a", encoding="utf-8") as log:
-        log.write(f"{host.inventory_name} {os.environ.get('PYTEST_XDIST_WORKER', '-')} {step}\\n")
+        log.write(f"{host.inventory_name} {os.environ.get('PYTEST_XDIST_WORKER', '-')} {step} {Path(__file__).stem} "
+                  f"{group.kwargs.get('name') if group else '-'}\\n")
 '''
 
 
@@ -50,13 +52,47 @@ def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
     workers: dict[str, set[str]] = defaultdict(set)
     steps: dict[str, list[int]] = defaultdict(list)
     for line in (tmp_path / "workers.log").read_text(encoding="utf-8").splitlines():
-        host, worker, step = line.split()
+        host, worker, step, _, group = line.split()
+        assert group == host, line  # without --split-suites: a group per host, whatever the host
         workers[host].add(worker)
         steps[host].append(int(step))
     assert set(workers) == {"lab-one", "lab-two", "lab-three"}
     assert all(w != {"-"} for w in workers.values()), "pytest-xdist did not run the suite"
     assert {h: len(w) for h, w in workers.items()} == {h: 1 for h in workers}, dict(workers)
     assert all(s == list(range(8)) for s in steps.values()), dict(steps)
+
+
+def test_split_suites_keeps_a_lab_host_whole_and_each_suite_of_another_host_in_one_worker(tmp_path):
+    """make demo's --split-suites: a host whose checks cannot change it audits its suites side
+    by side, each suite's checks in one worker and in order; a lab host (cabinet_lab: true, whose
+    checks may change it) keeps all its checks in one worker."""
+    (tmp_path / "hosts.ini").write_text(
+        "[cabinet_managed]\nlab-one ansible_connection=local cabinet_lab=true\n"
+        "ws-two ansible_connection=local\nws-three ansible_connection=local\n", encoding="utf-8")
+    for suite in ("test_suite_a.py", "test_suite_b.py"):
+        (tmp_path / suite).write_text(SUITE, encoding="utf-8")
+    (tmp_path / "conftest.py").symlink_to(ROOT / "tests" / "integration" / "conftest.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "3", "--dist", "loadgroup",
+         "--split-suites", f"--ansible-inventory={tmp_path / 'hosts.ini'}",
+         str(tmp_path / "test_suite_a.py"), str(tmp_path / "test_suite_b.py")],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    workers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    steps: dict[tuple[str, str], list[int]] = defaultdict(list)
+    groups = set()
+    for line in (tmp_path / "workers.log").read_text(encoding="utf-8").splitlines():
+        host, worker, step, suite, group = line.split()
+        groups.add(group)
+        workers[host, suite].add(worker)
+        steps[host, suite].append(int(step))
+    assert len(workers) == 6 and all(w != {"-"} for w in workers.values()), dict(workers)
+    assert all(len(w) == 1 for w in workers.values()), dict(workers)
+    assert all(s == list(range(8)) for s in steps.values()), dict(steps)
+    assert workers["lab-one", "test_suite_a"] == workers["lab-one", "test_suite_b"], dict(workers)
+    assert groups == {"lab-one", "ws-two::test_suite_a", "ws-two::test_suite_b",
+                      "ws-three::test_suite_a", "ws-three::test_suite_b"}, groups
 
 
 def task_output(strategy: str, plugins: str, command: str) -> str:
@@ -91,3 +127,71 @@ def test_the_makefiles_mitogen_strategy_leaves_every_cpu_to_the_run():
     if len(os.sched_getaffinity(0)) in (2, 3) and multiprocessing.cpu_count() == len(os.sched_getaffinity(0)):
         theirs = str(Path(mitogen.__file__).parent / "plugins" / "strategy")
         assert task_output("mitogen_linear", theirs, CPUS) != own, "mitogen_linear no longer pins: drop the wrapper"
+
+
+SINK_SUITE = '''
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+AUDITED_GROUP = "cabinet_managed"
+
+
+def note(what):
+    with open(Path(__file__).parent / "sink.log", "a", encoding="utf-8") as log:
+        log.write(f"{what} {time.monotonic():.3f} {os.environ.get('PYTEST_XDIST_WORKER', '-')}\\n")
+
+
+@pytest.mark.mailsink_outage
+@pytest.mark.parametrize("round", range(3))
+def test_outage(host, mailsink, round):
+    note("outage-start")
+    time.sleep(0.6)
+    note("outage-end")
+
+
+@pytest.mark.parametrize("round", range(12))
+def test_delivery(host, mailsink, round):
+    note("delivery-start")
+    time.sleep(0.2)
+    note("delivery-end")
+
+
+def test_stop_needs_the_mark(host, mailsink):
+    with pytest.raises(AssertionError, match="marked mailsink_outage"):
+        mailsink.stop()
+'''
+
+
+def test_a_mail_sink_outage_never_overlaps_a_check_that_waits_for_mail(tmp_path):
+    """The demo's checks run side by side (--split-suites); a check that stops the lab's mail
+    sink (mailsink_outage) holds it alone, and no other check may stop it."""
+    (tmp_path / "hosts.ini").write_text(
+        "[cabinet_managed]\none ansible_connection=local\ntwo ansible_connection=local\n"
+        "[lab_mailsink]\nsink ansible_connection=local\n", encoding="utf-8")
+    (tmp_path / "test_sink_a.py").write_text(SINK_SUITE, encoding="utf-8")
+    (tmp_path / "test_sink_b.py").write_text(SINK_SUITE, encoding="utf-8")
+    (tmp_path / "conftest.py").symlink_to(ROOT / "tests" / "integration" / "conftest.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "4", "--dist", "loadgroup",
+         "--split-suites", f"--ansible-inventory={tmp_path / 'hosts.ini'}",
+         str(tmp_path / "test_sink_a.py"), str(tmp_path / "test_sink_b.py")],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    opened: dict[tuple[str, str], float] = {}
+    for line in (tmp_path / "sink.log").read_text(encoding="utf-8").splitlines():
+        event, at, worker = line.split()
+        kind, _, edge = event.partition("-")
+        if edge == "start":
+            opened[kind, worker] = float(at)
+        else:
+            spans[kind].append((opened.pop((kind, worker)), float(at)))
+    assert len(spans["outage"]) == 12 and len(spans["delivery"]) == 48, {k: len(v) for k, v in spans.items()}
+    assert len({w for line in (tmp_path / "sink.log").read_text().splitlines() for w in line.split()[2:]}) > 1
+    for start, end in spans["outage"]:
+        others = [s for s in spans["outage"] + spans["delivery"] if s != (start, end)]
+        assert not [s for s in others if s[0] < end and start < s[1]], (start, end)
