@@ -127,7 +127,7 @@ _LAB_RUN: dict[str, bool] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     _LAB_RUN["on"] = _lab_run(config)
-    config.addinivalue_line("markers", "mailsink_outage: the test stops the lab's mail sink (see pytest_runtest_protocol)")
+    config.addinivalue_line("markers", "mailsink_outage: the test stops the lab's mail sink (see _mailsink_turn)")
     path = config.getoption("report_json", default="")
     if path and not hasattr(config, "workerinput"):  # on the controller only, with pytest-xdist
         config.pluginmanager.register(Results(path, config), "cabinet-results")
@@ -584,7 +584,7 @@ class MailSink:
         raise AssertionError(f"no new {practice} alert mentioning {text!r} from {mail_host} within {timeout:.0f} s")
 
     def stop(self) -> None:
-        assert _MAILSINK_OUTAGE["allowed"], "a test that stops the mail sink is marked mailsink_outage (see MAILSINK_LOCK)"
+        assert _MAILSINK_OUTAGE["allowed"], "a test that stops the mail sink is marked mailsink_outage (see _mailsink_turn)"
         assert self.host.run("systemctl stop mailsink").rc == 0
 
     def start(self) -> None:

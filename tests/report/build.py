@@ -11,8 +11,9 @@ reports/<client>/<stamp>/: report.json (schema below), rapport.html, rapport.pdf
 HTML, by WeasyPrint), junit.xml (pytest's), results.json (the raw checks), and then
 reports/index.html. <stamp> is the UTC date and time, YYYY-MM-DD-HHMMSS, so that two reports of
 one day are both kept and ordered. With --from-audit FOLDER (make demo), no audit runs: the
-report is made from the one pytest already wrote in FOLDER on this same inventory, and says
-whether that audit was read-only. Exit status: 0 every practice holds on every host, 1 a gap
+report is made from the whole one pytest already wrote in FOLDER on this same inventory (only
+its results.json is copied; reusable_audit says what "whole" means), dated when that audit
+ended, and says whether it was read-only. Exit status: 0 every practice holds on every host, 1 a gap
 or an unreachable host somewhere, 2 a report could not be made.
 
 Everything the report says comes from three files: the checks' results (results.json, written
@@ -525,17 +526,19 @@ def audit(source: Path, folder: Path, check_timeout: int, workers: int, host_bud
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def reusable_audit(source: Path, audit_dir: Path) -> dt.datetime:
+def reusable_audit(source: Path, audit_dir: Path) -> tuple[dt.datetime, str]:
     """An audit already run on this inventory (make demo's: pytest with --report-json into
     ``audit_dir``) can stand for a new one only if it is whole and of this inventory as it is:
     this very inventory file, every suite and every collected check reported, no selection,
     pytest's verdict 0 or 1 (not an interruption or an internal error), and no file of the
     inventory changed since it began. Otherwise it is refused, before any report folder is made.
-    Returns when it ended: the report's date is the audit's."""
+    Returns when it ended (the report's date is the audit's) and the results as read, which are
+    what the report's folder gets (read once: what was checked is what is copied)."""
     results_path = audit_dir / "results.json"
     if results_path.is_symlink():
         raise RuntimeError(f"{results_path} is a symbolic link: refused")
-    results = json.loads(results_path.read_text(encoding="utf-8"))
+    text = results_path.read_text(encoding="utf-8")
+    results = json.loads(text)
     audited, run = results.get("inventory_source", ""), results.get("audit") or {}
     checks = results.get("checks", [])
     suites = sorted(p.name for p in (ROOT / "tests" / "integration").glob("test_*.py"))
@@ -560,7 +563,7 @@ def reusable_audit(source: Path, audit_dir: Path) -> dt.datetime:
             problems.append(f"{len(changed)} inventory file(s) changed since it began ({changed[0]})")
     if problems:
         raise RuntimeError(f"{results_path} cannot stand for an audit: " + "; ".join(problems))
-    return finished
+    return finished, text
 
 
 def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_timeout: int, workers: int,
@@ -571,7 +574,7 @@ def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_tim
     if not CLIENT_NAME.match(client):
         raise ValueError(f"{client!r}: a client's name is letters, digits, '.', '-' and '_' (64 at most)")
     if from_audit is not None:
-        stamp = reusable_audit(source, from_audit)
+        stamp, reused = reusable_audit(source, from_audit)
     folder = out / client / stamp.strftime("%Y-%m-%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=False)
     os.chmod(folder, 0o750)
@@ -579,7 +582,7 @@ def report_one(source: Path, out: Path, controls: dict, hygiene: dict, check_tim
         rc = audit(source, folder, check_timeout, workers, host_budget)
     else:  # its results only, the report's one input (secrets masked by conftest; the audit's
         # own log and JUnit file hold its tracebacks, and stay where it wrote them)
-        write_text(folder / "results.json", (from_audit / "results.json").read_text(encoding="utf-8"))
+        write_text(folder / "results.json", reused)
         rc = 0
     results_path = folder / "results.json"
     if rc not in (0, 1) or not results_path.is_file():
@@ -609,8 +612,8 @@ def main(argv: list[str]) -> int:
     run.add_argument("--client", help="the client's name (default: the inventory's folder name); one --inventory only. "
                                       "AWX gives a job its inventory as a file of its own: playbooks/report.yml names the client")
     run.add_argument("--from-audit", type=Path, metavar="FOLDER",
-                     help="no new audit: build the report from the one pytest wrote there (--report-json=FOLDER/results.json, "
-                          "--junitxml=FOLDER/junit.xml) on this same inventory; one --inventory only (make demo)")
+                     help="no new audit: build the report from the whole one pytest wrote there (--report-json="
+                          "FOLDER/results.json) on this same inventory, unchanged since; one --inventory only (make demo)")
     fleet = sub.add_parser("fleet", help="rewrite the fleet page from the reports already there")
     fleet.add_argument("--out", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
