@@ -503,9 +503,14 @@ def toolkit_version() -> str:
     return done.stdout.strip() or "inconnue"
 
 
+def suite_files() -> list[Path]:
+    """The suites an audit runs: every tests/integration/test_*.py."""
+    return sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+
+
 def audit(source: Path, folder: Path, check_timeout: int, workers: int, host_budget: int = 1800) -> int:
     """Run the suites read-only against one inventory; pytest's exit status (0 or 1 is a result)."""
-    suites = sorted(str(p) for p in (ROOT / "tests" / "integration").glob("test_*.py"))
+    suites = [str(p) for p in suite_files()]
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN", "--no-header",
             f"--ansible-inventory={inventory_file(source)}", "--read-only", f"--check-timeout={check_timeout}",
             f"--host-budget={host_budget}",
@@ -541,7 +546,7 @@ def reusable_audit(source: Path, audit_dir: Path) -> tuple[dt.datetime, str]:
     results = json.loads(text)
     audited, run = results.get("inventory_source", ""), results.get("audit") or {}
     checks = results.get("checks", [])
-    suites = sorted(p.name for p in (ROOT / "tests" / "integration").glob("test_*.py"))
+    suites = [p.name for p in suite_files()]
     problems = []
     if not audited or Path(audited) != inventory_file(source).resolve():
         problems.append(f"it is the audit of {audited or 'an unnamed inventory'}, not of {inventory_file(source).resolve()}")

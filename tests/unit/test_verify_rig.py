@@ -35,20 +35,25 @@ def test_step(host, step, request):
 '''
 
 
-def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
-    (tmp_path / "hosts.ini").write_text(
-        "[cabinet_managed]\n" + "".join(f"lab-{n} ansible_connection=local\n" for n in ("one", "two", "three")),
-        encoding="utf-8")
-    (tmp_path / "test_rig_suite.py").write_text(SUITE, encoding="utf-8")
-    # The suite's own conftest, as the integration suites have it (a link: it finds the
-    # repository from its real path).
+def run_rig(tmp_path: Path, inventory: str, suites: dict[str, str], *options: str) -> None:
+    """Run ``suites`` (file name -> source) with the integration suites' own conftest (a link: it
+    finds the repository from its real path) against ``inventory`` (INI), under pytest-xdist's
+    loadgroup; it must pass."""
+    (tmp_path / "hosts.ini").write_text(inventory, encoding="utf-8")
+    for name, source in suites.items():
+        (tmp_path / name).write_text(source, encoding="utf-8")
     (tmp_path / "conftest.py").symlink_to(ROOT / "tests" / "integration" / "conftest.py")
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
-         "loadgroup", f"--ansible-inventory={tmp_path / 'hosts.ini'}", str(tmp_path / "test_rig_suite.py")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--dist", "loadgroup", *options,
+         f"--ansible-inventory={tmp_path / 'hosts.ini'}", *(str(tmp_path / name) for name in suites)],
         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
+    run_rig(tmp_path, "[cabinet_managed]\n" + "".join(f"lab-{n} ansible_connection=local\n" for n in ("one", "two", "three")),
+            {"test_rig_suite.py": SUITE}, "-n", "2")
     workers: dict[str, set[str]] = defaultdict(set)
     steps: dict[str, list[int]] = defaultdict(list)
     for line in (tmp_path / "workers.log").read_text(encoding="utf-8").splitlines():
@@ -66,19 +71,9 @@ def test_split_suites_keeps_a_lab_host_whole_and_each_suite_of_another_host_in_o
     """make demo's --split-suites: a host whose checks cannot change it audits its suites side
     by side, each suite's checks in one worker and in order; a lab host (cabinet_lab: true, whose
     checks may change it) keeps all its checks in one worker."""
-    (tmp_path / "hosts.ini").write_text(
-        "[cabinet_managed]\nlab-one ansible_connection=local cabinet_lab=true\n"
-        "ws-two ansible_connection=local\nws-three ansible_connection=local\n", encoding="utf-8")
-    for suite in ("test_suite_a.py", "test_suite_b.py"):
-        (tmp_path / suite).write_text(SUITE, encoding="utf-8")
-    (tmp_path / "conftest.py").symlink_to(ROOT / "tests" / "integration" / "conftest.py")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "3", "--dist", "loadgroup",
-         "--split-suites", f"--ansible-inventory={tmp_path / 'hosts.ini'}",
-         str(tmp_path / "test_suite_a.py"), str(tmp_path / "test_suite_b.py")],
-        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_rig(tmp_path, "[cabinet_managed]\nlab-one ansible_connection=local cabinet_lab=true\n"
+            "ws-two ansible_connection=local\nws-three ansible_connection=local\n",
+            {"test_suite_a.py": SUITE, "test_suite_b.py": SUITE}, "-n", "3", "--split-suites")
     workers: dict[tuple[str, str], set[str]] = defaultdict(set)
     steps: dict[tuple[str, str], list[int]] = defaultdict(list)
     groups = set()
@@ -168,30 +163,22 @@ def test_stop_needs_the_mark(host, mailsink):
 def test_a_mail_sink_outage_never_overlaps_a_check_that_waits_for_mail(tmp_path):
     """The demo's checks run side by side (--split-suites); a check that stops the lab's mail
     sink (mailsink_outage) holds it alone, and no other check may stop it."""
-    (tmp_path / "hosts.ini").write_text(
-        "[cabinet_managed]\none ansible_connection=local\ntwo ansible_connection=local\n"
-        "[lab_mailsink]\nsink ansible_connection=local\n", encoding="utf-8")
-    (tmp_path / "test_sink_a.py").write_text(SINK_SUITE, encoding="utf-8")
-    (tmp_path / "test_sink_b.py").write_text(SINK_SUITE, encoding="utf-8")
-    (tmp_path / "conftest.py").symlink_to(ROOT / "tests" / "integration" / "conftest.py")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "4", "--dist", "loadgroup",
-         "--split-suites", f"--ansible-inventory={tmp_path / 'hosts.ini'}",
-         str(tmp_path / "test_sink_a.py"), str(tmp_path / "test_sink_b.py")],
-        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_rig(tmp_path, "[cabinet_managed]\none ansible_connection=local\ntwo ansible_connection=local\n"
+            "[lab_mailsink]\nsink ansible_connection=local\n",
+            {"test_sink_a.py": SINK_SUITE, "test_sink_b.py": SINK_SUITE}, "-n", "4", "--split-suites")
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     opened: dict[tuple[str, str], float] = {}
+    opened_by: set[tuple[str, str]] = set()
     for line in (tmp_path / "sink.log").read_text(encoding="utf-8").splitlines():
         event, at, worker = line.split()
         kind, _, edge = event.partition("-")
+        opened_by.add((kind, worker))
         if edge == "start":
             opened[kind, worker] = float(at)
         else:
             spans[kind].append((opened.pop((kind, worker)), float(at)))
     assert len(spans["outage"]) == 12 and len(spans["delivery"]) == 48, {k: len(v) for k, v in spans.items()}
-    assert len({w for line in (tmp_path / "sink.log").read_text().splitlines() for w in line.split()[2:]}) > 1
+    assert len({worker for _, worker in opened_by}) > 1, "the checks did not run side by side"
     for start, end in spans["outage"]:
         others = [s for s in spans["outage"] + spans["delivery"] if s != (start, end)]
         assert not [s for s in others if s[0] < end and start < s[1]], (start, end)
