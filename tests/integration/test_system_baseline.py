@@ -719,165 +719,6 @@ def test_an_unsynchronised_clock_alerts_the_msp_once(lab, mailsink, expect, requ
                        "covered by tests/unit/test_cabinet_time.py only")
 
 
-# ----------------------------------------------------------------------------- lab: integrity
-@pytest.fixture(scope="module")
-def integrity(lab, expect, request):
-    """The integrity check, run by hand: the timer's own runs stopped, no run of the toolkit in
-    progress (a run another test killed would explain everything for six hours), and the host
-    taken as it is. Returns a function that runs the check's service and says what it printed."""
-    if not expect("system_baseline_integrity_enabled"):
-        not_applicable("integrity part disabled in this inventory")
-    hold_timer(lab, request, "cabinet-integrity-check", 300)
-    lab.check_output("rm -rf /var/lib/cabinet/integrity/runs")
-    accepted = lab.run("cabinet-integrity accept")
-    assert accepted.rc == 0, accepted.stderr
-
-    def check() -> dict:
-        """One run of the service: what it printed last, its log, and the explained changes."""
-        lab.check_output("rm -f /var/lib/cabinet/integrity/last-report.json")
-        said = run_service(lab, "cabinet-integrity-check",
-                           lambda said: any(line.startswith("{") for line in said.splitlines()))
-        printed = [line for line in said.splitlines() if line.startswith("{")]
-        assert printed, said
-        report = lab.run("cat /var/lib/cabinet/integrity/last-report.json")
-        explained = json.loads(report.stdout)["explained"] if report.rc == 0 else []
-        return json.loads(printed[-1]) | {"log": said, "explained": explained}
-
-    return check
-
-
-LAB_PACKAGE = "cabinet-lab-integrity"
-
-
-def outside_package_operations(lab) -> None:
-    """Wait until the last package operation (the converge's, another test's) is out of the
-    window the check gives it (cabinet-integrity's WINDOW_AFTER, 120 s): a change made now is
-    no package's."""
-    last = lab.run("tail -n 1 /var/log/dpkg.log").stdout[:19]
-    if not last:
-        return
-    ended = lab.check_output(f"date -d '{last}' +%s")
-    wait = int(ended) + 125 - int(lab.check_output("date +%s"))
-    if wait > 0:
-        time.sleep(wait)
-
-
-def build_lab_package(lab, version: str) -> str:
-    """A package with a program, a data file and a conffile, version ``version``: its .deb."""
-    script = f"""set -e
-b=$(mktemp -d); mkdir -p $b/DEBIAN $b/usr/bin $b/usr/share/{LAB_PACKAGE} $b/etc
-printf '#!/bin/sh\necho {version}\n' > $b/usr/bin/{LAB_PACKAGE}; chmod 755 $b/usr/bin/{LAB_PACKAGE}
-echo 'data {version}' > $b/usr/share/{LAB_PACKAGE}/data
-echo 'setting = {version}' > $b/etc/{LAB_PACKAGE}.conf
-echo /etc/{LAB_PACKAGE}.conf > $b/DEBIAN/conffiles
-printf 'Package: {LAB_PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: tests <t@cabinet.invalid>\nDescription: integrity test\n' > $b/DEBIAN/control
-dpkg-deb --root-owner-group --build $b /root/{LAB_PACKAGE}_{version}_all.deb >/dev/null; rm -rf $b
-echo /root/{LAB_PACKAGE}_{version}_all.deb"""
-    return lab.check_output(f"bash -c {shlex.quote(script)}")
-
-
-def test_a_change_outside_package_updates_reaches_the_msp_once(lab, integrity, mailsink, request):
-    """A file added and one changed by hand: one warning naming both, the database kept (so
-    the next check still sees them), no second alert the next day; accepted, they are gone."""
-    mail_host = lab.check_output("postconf -h myhostname")
-    request.addfinalizer(lambda: lab.run("rm -f /etc/profile.d/lab-integrity-probe* /usr/local/bin/lab-integrity-probe; "
-                                         "cabinet-integrity accept"))
-    before = len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates"))
-    outside_package_operations(lab)
-    lab.check_output("echo '# lab' > /etc/profile.d/lab-integrity-probe && echo 'exit 0' > /usr/local/bin/lab-integrity-probe")
-    found = integrity()
-    assert "added /etc/profile.d/lab-integrity-probe" in found["unexplained"], found["explained"]
-    assert "added /usr/local/bin/lab-integrity-probe" in found["unexplained"], found["explained"]
-    assert found["database"] == "kept"
-    alert = mailsink.wait_alert(mail_host, ROLE, "Files changed outside package updates", before=before)
-    assert alert["X-Cabinet-Severity"] == "warning"
-    assert "added /etc/profile.d/lab-integrity-probe" in alert["body"], alert["body"]
-    again = integrity()
-    assert again["unexplained"] == found["unexplained"] and "ALERT" not in again["log"], again["log"]
-    # The MSP accepts what the alert named, by its id: not once something else has changed.
-    assert found["alert_id"] in alert["body"]
-    lab.check_output("echo '# lab, later' > /etc/profile.d/lab-integrity-probe-2")
-    refused = lab.run(f"cabinet-integrity accept {found['alert_id']}")
-    assert refused.rc == 5 and "nothing was accepted" in refused.stderr, refused.stdout + refused.stderr
-    lab.check_output("rm /etc/profile.d/lab-integrity-probe-2")
-    accepted = lab.run(f"cabinet-integrity accept {found['alert_id']}")
-    assert accepted.rc == 0, accepted.stdout + accepted.stderr
-    assert integrity()["unexplained"] == []
-    assert len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates")) == before + 1
-
-
-def test_a_package_update_is_explained_but_not_a_file_tampered_with_during_it(lab, integrity, mailsink, request):
-    """An upgrade (program, data, conffile replaced) and a purge move the database forward
-    without an alert; a file of the package changed within the upgrade's window is still
-    reported, as its content is not what dpkg installed."""
-    request.addfinalizer(lambda: lab.run(f"dpkg --purge {LAB_PACKAGE}; rm -f /root/{LAB_PACKAGE}_*.deb; "
-                                         "cabinet-integrity accept"))
-    first, second = build_lab_package(lab, "1.0"), build_lab_package(lab, "2.0")
-    lab.check_output(f"dpkg -i {first} >/dev/null && cabinet-integrity accept >/dev/null")
-    lab.check_output(f"dpkg -i {second} >/dev/null && echo 'data tampered' > /usr/share/{LAB_PACKAGE}/data")
-    found = integrity()
-    assert found["unexplained"] == [f"changed /usr/share/{LAB_PACKAGE}/data (not the content its package installed)"], found
-    assert f"changed /usr/bin/{LAB_PACKAGE} (a package operation)" in found["explained"], found
-    assert f"changed /etc/{LAB_PACKAGE}.conf (a package operation)" in found["explained"], found
-    lab.check_output(f"dpkg -i {second} >/dev/null")  # reinstalled: the package's content again
-    restored = integrity()
-    assert restored["unexplained"] == [] and restored["database"] == "updated", restored
-    lab.check_output(f"dpkg --purge {LAB_PACKAGE} >/dev/null")
-    purged = integrity()
-    assert purged["unexplained"] == [] and purged["database"] == "updated", purged
-
-
-def test_a_missing_database_is_rebuilt_and_alerted(lab, integrity, mailsink):
-    mail_host = lab.check_output("postconf -h myhostname")
-    before = len(mailsink.alerts(mail_host, ROLE, "File integrity database missing"))
-    lab.check_output("rm /var/lib/aide/aide.db")
-    assert integrity()["database"] == "built"
-    assert lab.file("/var/lib/aide/aide.db").is_file
-    alert = mailsink.wait_alert(mail_host, ROLE, "File integrity database missing", before=before)
-    assert alert["X-Cabinet-Severity"] == "critical"
-
-
-def test_a_run_s_changes_are_explained(lab, integrity, request):
-    """A run of the baseline that writes a file: the next check explains it (the run's window,
-    from playbooks/validate.yml to playbooks/seal.yml) and moves the database forward. (The
-    file is removed first, out of any window, so that the run must write it again; the removal
-    and the new file are one change to AIDE, made by the run.)"""
-    lab.check_output("rm /etc/cabinet/integrity.json")
-    changed = converge(lab, request, "--tags", "system_baseline_integrity")
-    assert changed.returncode == 0, changed.stdout[-3000:]
-    assert lab.file("/etc/cabinet/integrity.json").is_file
-    found = integrity()
-    assert found["unexplained"] == [] and found["database"] == "updated", found
-    assert "changed /etc/cabinet/integrity.json (a cabinet-hardening run)" in found["explained"], found["explained"]
-
-
-def test_a_package_file_changed_by_hand_reaches_the_msp(lab, expect, mailsink, request):
-    """A program of a package changed outside dpkg: the weekly verification names it and its
-    package in a warning, once; reinstalled, an info alert says the files match again."""
-    if not expect("system_baseline_integrity_enabled"):
-        not_applicable("integrity part disabled in this inventory")
-    mail_host = lab.check_output("postconf -h myhostname")
-    hold_timer(lab, request, "cabinet-packages-verify", 120)
-    lab.check_output("rm -f /var/lib/cabinet/packages-verify/state.json")
-    program = lab.check_output("readlink -f /usr/bin/which")  # debianutils' (an alternative)
-    request.addfinalizer(lambda: lab.run("apt-get install -y -q --reinstall debianutils"))
-    lab.check_output(f"cp -p {program} /root/which.saved && echo '# changed' >> {program}")
-    before = len(mailsink.alerts(mail_host, ROLE, "Package files differ"))
-
-    def verify() -> str:
-        return run_service(lab, "cabinet-packages-verify", lambda s: "cabinet-packages-verify: done" in s, wait=120)
-
-    said = verify()
-    assert "ALERT [warning] Package files differ from their packages" in said, said
-    alert = mailsink.wait_alert(mail_host, ROLE, "Package files differ", before=before)
-    assert f"changed {program} (debianutils)" in alert["body"], alert["body"]
-    again = verify()
-    assert "ALERT" not in again, again
-    lab.check_output(f"cp -p /root/which.saved {program} && rm -f /root/which.saved")
-    back = verify()
-    assert "ALERT [info] Package files match their packages again" in back, back
-
-
 # ----------------------------------------------------------------------------- lab: log forwarding
 def test_logs_reach_the_log_host_and_none_is_lost_while_it_is_away(lab, mailsink, expect, request):
     """A line logged on the host reaches the MSP's log host (the lab's sink, over TLS, RFC 5424
@@ -938,66 +779,6 @@ def test_logs_reach_the_log_host_and_none_is_lost_while_it_is_away(lab, mailsink
         restored.append(True)
         # The line waited in the queue: the right log host gets it.
         assert received(f"{marker}-5", 120), "the line queued while the log host was refused was lost"
-
-
-# ----------------------------------------------------------------------------- lab: inactive accounts
-def shadow_expire(lab, name: str) -> str:
-    return lab.check_output(f"getent shadow {name}").split(":")[7]
-
-
-def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, expect, mailsink, integrity, request):
-    """Four people's accounts the check has watched (its state says so) for one day more than
-    the setting, passwords set long ago: one opened a session since (kept), one is exempt
-    (kept), one never logged in (locked), and one a local user made look used by writing the
-    sshd session line into the journal himself (locked: only root's lines count). One alert
-    names the two; the lock's change of /etc/shadow is explained to the integrity check as the
-    toolkit's; the next check says nothing more; an admin's unlock holds."""
-    if not expect("system_baseline_accounts_enabled") or not expect("system_baseline_inactive_enabled"):
-        not_applicable("inactive-account check disabled in this inventory")
-    days = expect("system_baseline_inactive_days")
-    exempt = expect("system_baseline_inactive_exempt")
-    assert "cab-keep" in exempt, "the lab inventory exempts cab-keep"
-    names = ["cab-dormant", "cab-recent", "cab-forged", "cab-keep"]
-    mail_host = lab.check_output("postconf -h myhostname")
-    hold_timer(lab, request, "cabinet-accounts-check", 120)
-    for name in names:
-        request.addfinalizer(lambda name=name: lab.run(f"userdel --remove {name}"))
-        lab.check_output(f"useradd --create-home --shell /bin/bash {name} && chage --lastday 2020-01-01 {name}")
-    now = int(lab.check_output("date +%s"))
-    state = {"first_seen": {n: now - (days + 1) * 86400 for n in names}, "last_run": now - 5}
-    lab.check_output("install -d -m 0700 /var/lib/cabinet/accounts && cat > /var/lib/cabinet/accounts/state.json <<'EOF'\n"
-                     + json.dumps(state) + "\nEOF")
-    uid = lab.check_output("id -u cab-forged")
-    # A session PAM opens as root (runuser -l goes through pam_unix's session), and the forgery.
-    lab.check_output("runuser -l cab-recent -c true")
-    forged = f"pam_unix(sshd:session): session opened for user cab-forged(uid={uid}) by (uid=0)"
-    lab.check_output(f"runuser -u nobody -- logger -t sshd {shlex.quote(forged)}")
-    time.sleep(1)  # journald has the lines before the check reads them
-    before = len(mailsink.alerts(mail_host, ROLE, "without use"))
-    # The accounts made above are the test's own changes: taken, so that what follows is the lock's.
-    assert lab.run("cabinet-integrity accept").rc == 0
-
-    said = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
-    assert "ALERT [warning] Accounts locked after" in said, said
-    assert shadow_expire(lab, "cab-dormant") == "1" and shadow_expire(lab, "cab-forged") == "1"
-    assert shadow_expire(lab, "cab-recent") == "" and shadow_expire(lab, "cab-keep") == ""
-    # Locked means every way in: PAM's account check refuses the expired account, even to root's su.
-    refused = lab.run("su --shell /bin/sh --command true cab-dormant")
-    assert refused.rc != 0 and "expired" in (refused.stderr + refused.stdout).lower(), refused
-    alert = mailsink.wait_alert(mail_host, ROLE, "without use", before=before)
-    assert "cab-dormant" in alert["body"] and "cab-forged" in alert["body"], alert["body"]
-    assert "cab-recent" not in alert["body"] and "cab-keep" not in alert["body"], alert["body"]
-    found = integrity()
-    assert "changed /etc/shadow (a cabinet-hardening run)" in found["explained"], found
-    assert not any("/etc/shadow" in line for line in found["unexplained"]), found["unexplained"]
-
-    again = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
-    assert "ALERT" not in again, again
-    lab.check_output("usermod --expiredate '' cab-dormant")
-    unlocked = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
-    assert "cab-dormant: unlocked by an administrator" in unlocked and "ALERT" not in unlocked, unlocked
-    assert shadow_expire(lab, "cab-dormant") == ""
-    assert len(mailsink.alerts(mail_host, ROLE, "without use")) == before + 1
 
 
 # ----------------------------------------------------------------------------- lab: packages and services
@@ -1318,6 +1099,229 @@ def test_bad_input_stops_before_any_change(lab, lab_admin, admin_login, listener
     assert variable in run.stdout and "Nothing was changed" in run.stdout, run.stdout[-3000:]
     assert files_state(lab) == before
     assert table_rules(lab) == rules
+
+
+# ----------------------------------------------------------------------------- lab: integrity
+# These come after the runs above, which install no package: the lab's last package operation
+# (the packages test's) is then out of the check's 120-s window, and
+# outside_package_operations() need not sleep for it (before session 18 they came right after
+# the converge, and one test slept up to a minute a host).
+@pytest.fixture(scope="module")
+def integrity(lab, expect, request):
+    """The integrity check, run by hand: the timer's own runs stopped, no run of the toolkit in
+    progress (a run another test killed would explain everything for six hours), and the host
+    taken as it is. Returns a function that runs the check's service and says what it printed."""
+    if not expect("system_baseline_integrity_enabled"):
+        not_applicable("integrity part disabled in this inventory")
+    hold_timer(lab, request, "cabinet-integrity-check", 300)
+    lab.check_output("rm -rf /var/lib/cabinet/integrity/runs")
+    accepted = lab.run("cabinet-integrity accept")
+    assert accepted.rc == 0, accepted.stderr
+
+    def check() -> dict:
+        """One run of the service: what it printed last, its log, and the explained changes."""
+        lab.check_output("rm -f /var/lib/cabinet/integrity/last-report.json")
+        said = run_service(lab, "cabinet-integrity-check",
+                           lambda said: any(line.startswith("{") for line in said.splitlines()))
+        printed = [line for line in said.splitlines() if line.startswith("{")]
+        assert printed, said
+        report = lab.run("cat /var/lib/cabinet/integrity/last-report.json")
+        explained = json.loads(report.stdout)["explained"] if report.rc == 0 else []
+        return json.loads(printed[-1]) | {"log": said, "explained": explained}
+
+    return check
+
+
+LAB_PACKAGE = "cabinet-lab-integrity"
+
+
+def outside_package_operations(lab) -> None:
+    """Wait until the last package operation (the converge's, another test's) is out of the
+    window the check gives it (cabinet-integrity's WINDOW_AFTER, 120 s): a change made now is
+    no package's."""
+    last = lab.run("tail -n 1 /var/log/dpkg.log").stdout[:19]
+    if not last:
+        return
+    ended = lab.check_output(f"date -d '{last}' +%s")
+    wait = int(ended) + 125 - int(lab.check_output("date +%s"))
+    if wait > 0:
+        time.sleep(wait)
+
+
+def build_lab_package(lab, version: str) -> str:
+    """A package with a program, a data file and a conffile, version ``version``: its .deb."""
+    script = f"""set -e
+b=$(mktemp -d); mkdir -p $b/DEBIAN $b/usr/bin $b/usr/share/{LAB_PACKAGE} $b/etc
+printf '#!/bin/sh\necho {version}\n' > $b/usr/bin/{LAB_PACKAGE}; chmod 755 $b/usr/bin/{LAB_PACKAGE}
+echo 'data {version}' > $b/usr/share/{LAB_PACKAGE}/data
+echo 'setting = {version}' > $b/etc/{LAB_PACKAGE}.conf
+echo /etc/{LAB_PACKAGE}.conf > $b/DEBIAN/conffiles
+printf 'Package: {LAB_PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: tests <t@cabinet.invalid>\nDescription: integrity test\n' > $b/DEBIAN/control
+dpkg-deb --root-owner-group --build $b /root/{LAB_PACKAGE}_{version}_all.deb >/dev/null; rm -rf $b
+echo /root/{LAB_PACKAGE}_{version}_all.deb"""
+    return lab.check_output(f"bash -c {shlex.quote(script)}")
+
+
+def test_a_change_outside_package_updates_reaches_the_msp_once(lab, integrity, mailsink, request):
+    """A file added and one changed by hand: one warning naming both, the database kept (so
+    the next check still sees them), no second alert the next day; accepted, they are gone."""
+    mail_host = lab.check_output("postconf -h myhostname")
+    request.addfinalizer(lambda: lab.run("rm -f /etc/profile.d/lab-integrity-probe* /usr/local/bin/lab-integrity-probe; "
+                                         "cabinet-integrity accept"))
+    before = len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates"))
+    outside_package_operations(lab)
+    lab.check_output("echo '# lab' > /etc/profile.d/lab-integrity-probe && echo 'exit 0' > /usr/local/bin/lab-integrity-probe")
+    found = integrity()
+    assert "added /etc/profile.d/lab-integrity-probe" in found["unexplained"], found["explained"]
+    assert "added /usr/local/bin/lab-integrity-probe" in found["unexplained"], found["explained"]
+    assert found["database"] == "kept"
+    alert = mailsink.wait_alert(mail_host, ROLE, "Files changed outside package updates", before=before)
+    assert alert["X-Cabinet-Severity"] == "warning"
+    assert "added /etc/profile.d/lab-integrity-probe" in alert["body"], alert["body"]
+    again = integrity()
+    assert again["unexplained"] == found["unexplained"] and "ALERT" not in again["log"], again["log"]
+    # The MSP accepts what the alert named, by its id: not once something else has changed.
+    assert found["alert_id"] in alert["body"]
+    lab.check_output("echo '# lab, later' > /etc/profile.d/lab-integrity-probe-2")
+    refused = lab.run(f"cabinet-integrity accept {found['alert_id']}")
+    assert refused.rc == 5 and "nothing was accepted" in refused.stderr, refused.stdout + refused.stderr
+    lab.check_output("rm /etc/profile.d/lab-integrity-probe-2")
+    accepted = lab.run(f"cabinet-integrity accept {found['alert_id']}")
+    assert accepted.rc == 0, accepted.stdout + accepted.stderr
+    assert integrity()["unexplained"] == []
+    assert len(mailsink.alerts(mail_host, ROLE, "Files changed outside package updates")) == before + 1
+
+
+def test_a_package_update_is_explained_but_not_a_file_tampered_with_during_it(lab, integrity, mailsink, request):
+    """An upgrade (program, data, conffile replaced) and a purge move the database forward
+    without an alert; a file of the package changed within the upgrade's window is still
+    reported, as its content is not what dpkg installed."""
+    request.addfinalizer(lambda: lab.run(f"dpkg --purge {LAB_PACKAGE}; rm -f /root/{LAB_PACKAGE}_*.deb; "
+                                         "cabinet-integrity accept"))
+    first, second = build_lab_package(lab, "1.0"), build_lab_package(lab, "2.0")
+    lab.check_output(f"dpkg -i {first} >/dev/null && cabinet-integrity accept >/dev/null")
+    lab.check_output(f"dpkg -i {second} >/dev/null && echo 'data tampered' > /usr/share/{LAB_PACKAGE}/data")
+    found = integrity()
+    assert found["unexplained"] == [f"changed /usr/share/{LAB_PACKAGE}/data (not the content its package installed)"], found
+    assert f"changed /usr/bin/{LAB_PACKAGE} (a package operation)" in found["explained"], found
+    assert f"changed /etc/{LAB_PACKAGE}.conf (a package operation)" in found["explained"], found
+    lab.check_output(f"dpkg -i {second} >/dev/null")  # reinstalled: the package's content again
+    restored = integrity()
+    assert restored["unexplained"] == [] and restored["database"] == "updated", restored
+    lab.check_output(f"dpkg --purge {LAB_PACKAGE} >/dev/null")
+    purged = integrity()
+    assert purged["unexplained"] == [] and purged["database"] == "updated", purged
+
+
+def test_a_missing_database_is_rebuilt_and_alerted(lab, integrity, mailsink):
+    mail_host = lab.check_output("postconf -h myhostname")
+    before = len(mailsink.alerts(mail_host, ROLE, "File integrity database missing"))
+    lab.check_output("rm /var/lib/aide/aide.db")
+    assert integrity()["database"] == "built"
+    assert lab.file("/var/lib/aide/aide.db").is_file
+    alert = mailsink.wait_alert(mail_host, ROLE, "File integrity database missing", before=before)
+    assert alert["X-Cabinet-Severity"] == "critical"
+
+
+def test_a_run_s_changes_are_explained(lab, integrity, request):
+    """A run of the baseline that writes a file: the next check explains it (the run's window,
+    from playbooks/validate.yml to playbooks/seal.yml) and moves the database forward. (The
+    file is removed first, out of any window, so that the run must write it again; the removal
+    and the new file are one change to AIDE, made by the run.)"""
+    lab.check_output("rm /etc/cabinet/integrity.json")
+    changed = converge(lab, request, "--tags", "system_baseline_integrity")
+    assert changed.returncode == 0, changed.stdout[-3000:]
+    assert lab.file("/etc/cabinet/integrity.json").is_file
+    found = integrity()
+    assert found["unexplained"] == [] and found["database"] == "updated", found
+    assert "changed /etc/cabinet/integrity.json (a cabinet-hardening run)" in found["explained"], found["explained"]
+
+
+def test_a_package_file_changed_by_hand_reaches_the_msp(lab, expect, mailsink, request):
+    """A program of a package changed outside dpkg: the weekly verification names it and its
+    package in a warning, once; reinstalled, an info alert says the files match again."""
+    if not expect("system_baseline_integrity_enabled"):
+        not_applicable("integrity part disabled in this inventory")
+    mail_host = lab.check_output("postconf -h myhostname")
+    hold_timer(lab, request, "cabinet-packages-verify", 120)
+    lab.check_output("rm -f /var/lib/cabinet/packages-verify/state.json")
+    program = lab.check_output("readlink -f /usr/bin/which")  # debianutils' (an alternative)
+    request.addfinalizer(lambda: lab.run("apt-get install -y -q --reinstall debianutils"))
+    lab.check_output(f"cp -p {program} /root/which.saved && echo '# changed' >> {program}")
+    before = len(mailsink.alerts(mail_host, ROLE, "Package files differ"))
+
+    def verify() -> str:
+        return run_service(lab, "cabinet-packages-verify", lambda s: "cabinet-packages-verify: done" in s, wait=120)
+
+    said = verify()
+    assert "ALERT [warning] Package files differ from their packages" in said, said
+    alert = mailsink.wait_alert(mail_host, ROLE, "Package files differ", before=before)
+    assert f"changed {program} (debianutils)" in alert["body"], alert["body"]
+    again = verify()
+    assert "ALERT" not in again, again
+    lab.check_output(f"cp -p /root/which.saved {program} && rm -f /root/which.saved")
+    back = verify()
+    assert "ALERT [info] Package files match their packages again" in back, back
+
+
+# ----------------------------------------------------------------------------- lab: inactive accounts
+def shadow_expire(lab, name: str) -> str:
+    return lab.check_output(f"getent shadow {name}").split(":")[7]
+
+
+def test_an_account_nobody_used_for_the_days_is_locked_and_the_msp_told(lab, expect, mailsink, integrity, request):
+    """Four people's accounts the check has watched (its state says so) for one day more than
+    the setting, passwords set long ago: one opened a session since (kept), one is exempt
+    (kept), one never logged in (locked), and one a local user made look used by writing the
+    sshd session line into the journal himself (locked: only root's lines count). One alert
+    names the two; the lock's change of /etc/shadow is explained to the integrity check as the
+    toolkit's; the next check says nothing more; an admin's unlock holds."""
+    if not expect("system_baseline_accounts_enabled") or not expect("system_baseline_inactive_enabled"):
+        not_applicable("inactive-account check disabled in this inventory")
+    days = expect("system_baseline_inactive_days")
+    exempt = expect("system_baseline_inactive_exempt")
+    assert "cab-keep" in exempt, "the lab inventory exempts cab-keep"
+    names = ["cab-dormant", "cab-recent", "cab-forged", "cab-keep"]
+    mail_host = lab.check_output("postconf -h myhostname")
+    hold_timer(lab, request, "cabinet-accounts-check", 120)
+    for name in names:
+        request.addfinalizer(lambda name=name: lab.run(f"userdel --remove {name}"))
+        lab.check_output(f"useradd --create-home --shell /bin/bash {name} && chage --lastday 2020-01-01 {name}")
+    now = int(lab.check_output("date +%s"))
+    state = {"first_seen": {n: now - (days + 1) * 86400 for n in names}, "last_run": now - 5}
+    lab.check_output("install -d -m 0700 /var/lib/cabinet/accounts && cat > /var/lib/cabinet/accounts/state.json <<'EOF'\n"
+                     + json.dumps(state) + "\nEOF")
+    uid = lab.check_output("id -u cab-forged")
+    # A session PAM opens as root (runuser -l goes through pam_unix's session), and the forgery.
+    lab.check_output("runuser -l cab-recent -c true")
+    forged = f"pam_unix(sshd:session): session opened for user cab-forged(uid={uid}) by (uid=0)"
+    lab.check_output(f"runuser -u nobody -- logger -t sshd {shlex.quote(forged)}")
+    time.sleep(1)  # journald has the lines before the check reads them
+    before = len(mailsink.alerts(mail_host, ROLE, "without use"))
+    # The accounts made above are the test's own changes: taken, so that what follows is the lock's.
+    assert lab.run("cabinet-integrity accept").rc == 0
+
+    said = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
+    assert "ALERT [warning] Accounts locked after" in said, said
+    assert shadow_expire(lab, "cab-dormant") == "1" and shadow_expire(lab, "cab-forged") == "1"
+    assert shadow_expire(lab, "cab-recent") == "" and shadow_expire(lab, "cab-keep") == ""
+    # Locked means every way in: PAM's account check refuses the expired account, even to root's su.
+    refused = lab.run("su --shell /bin/sh --command true cab-dormant")
+    assert refused.rc != 0 and "expired" in (refused.stderr + refused.stdout).lower(), refused
+    alert = mailsink.wait_alert(mail_host, ROLE, "without use", before=before)
+    assert "cab-dormant" in alert["body"] and "cab-forged" in alert["body"], alert["body"]
+    assert "cab-recent" not in alert["body"] and "cab-keep" not in alert["body"], alert["body"]
+    found = integrity()
+    assert "changed /etc/shadow (a cabinet-hardening run)" in found["explained"], found
+    assert not any("/etc/shadow" in line for line in found["unexplained"]), found["unexplained"]
+
+    again = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
+    assert "ALERT" not in again, again
+    lab.check_output("usermod --expiredate '' cab-dormant")
+    unlocked = run_service(lab, "cabinet-accounts-check", lambda s: "cabinet-accounts-check: done" in s)
+    assert "cab-dormant: unlocked by an administrator" in unlocked and "ALERT" not in unlocked, unlocked
+    assert shadow_expire(lab, "cab-dormant") == ""
+    assert len(mailsink.alerts(mail_host, ROLE, "without use")) == before + 1
 
 
 # ----------------------------------------------------------------------------- lab: the ANSSI scanner

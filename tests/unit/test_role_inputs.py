@@ -801,6 +801,35 @@ def test_boolean_switches_are_read_through_the_bool_filter():
     assert found == [], "switches read without | bool:\n" + "\n".join(found)
 
 
+def test_problem_lists_are_templated_once_when_they_pass():
+    """A check that gathers its problems in a list stops with `fail` when the list is not
+    empty. `assert` templates its `fail_msg` even when it passes, so the list was computed
+    twice on every run (session 17's profile: a quarter of the workers' CPU in a re-run)."""
+    import re
+
+    import yaml
+
+    def tasks(node):
+        if isinstance(node, list):
+            for item in node:
+                yield from tasks(item)
+        elif isinstance(node, dict):
+            if "name" in node:
+                yield node
+            for key in ("block", "rescue", "always", "tasks"):
+                yield from tasks(node.get(key, []))
+
+    found, stops = [], 0
+    for path in sorted([*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("playbooks/*.yml")]):
+        for task in tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
+            check = task.get("ansible.builtin.assert")
+            if check and re.search(r"\|\s*length\s*==\s*0\s*$", str(check.get("that", ""))):
+                found.append(f"{path.relative_to(ROOT)}: {task['name']}")
+            stops += "ansible.builtin.fail" in task
+    assert found == [], "problem lists checked with assert (use fail with when: <list> | length > 0):\n" + "\n".join(found)
+    assert stops >= 25, "the validations' stops are ansible.builtin.fail tasks"
+
+
 def test_every_role_checks_each_of_its_switches_is_true_or_false():
     """The switch check of each role's validation names exactly the role's bool variables."""
     import re
