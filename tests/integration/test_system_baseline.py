@@ -1104,8 +1104,9 @@ def test_bad_input_stops_before_any_change(lab, lab_admin, admin_login, listener
 # ----------------------------------------------------------------------------- lab: integrity
 # These come after the runs above, which install no package: the lab's last package operation
 # (the packages test's) is then out of the check's 120-s window, and
-# outside_package_operations() need not sleep for it (before session 18 they came right after
-# the converge, and one test slept up to a minute a host).
+# outside_package_operations() need not sleep for it. (Before session 18 they came after the
+# audit, SSH, firewall and clock checks, a couple of minutes after the converge's packages, and
+# that sleep could last up to two minutes a host.)
 @pytest.fixture(scope="module")
 def integrity(lab, expect, request):
     """The integrity check, run by hand: the timer's own runs stopped, no run of the toolkit in
