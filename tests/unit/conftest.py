@@ -45,3 +45,15 @@ def ansible_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **extra}
     env.pop("ANSIBLE_STRATEGY", None)
     return env
+
+
+def playbook_tasks(node):
+    """Every task of a task file or playbook (parsed YAML), those inside blocks, rescues,
+    alwayses and plays' task lists included, in file order."""
+    if isinstance(node, list):
+        for item in node:
+            yield from playbook_tasks(item)
+    elif isinstance(node, dict):
+        yield node
+        for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+            yield from playbook_tasks(node.get(key, []))

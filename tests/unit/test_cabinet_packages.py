@@ -64,19 +64,13 @@ def test_every_install_task_of_the_roles_asks_the_listing_first():
     from pathlib import Path
 
     import yaml
+    from conftest import playbook_tasks
 
     root = Path(__file__).resolve().parents[2]
 
-    def tasks(items):
-        for item in items or []:
-            if isinstance(item, dict):
-                yield item
-                for key in ("block", "rescue", "always"):
-                    yield from tasks(item.get(key))
-
     found = 0
     for path in sorted(root.glob("roles/*/tasks/*.yml")):
-        for task in tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
+        for task in playbook_tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
             apt = task.get("ansible.builtin.apt")
             if not isinstance(apt, dict) or apt.get("state") != "present":
                 continue

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ansible_env
+from conftest import ansible_env, playbook_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "tests" / "unit" / "roles" / "validate_role.yml"
@@ -826,21 +826,12 @@ def test_problem_lists_are_templated_once_when_they_pass():
 
     import yaml
 
-    def tasks(node):
-        if isinstance(node, list):
-            for item in node:
-                yield from tasks(item)
-        elif isinstance(node, dict):
-            yield node
-            for key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
-                yield from tasks(node.get(key, []))
-
     files = [path for pattern in ("roles/*/tasks/*.yml", "roles/*/handlers/*.yml", "playbooks/**/*.yml",
                                   "molecule/resources/**/*.yml", "molecule/*/*.yml", "tests/**/*.yml")
              for path in ROOT.glob(pattern)]
     found, stops = [], 0
     for path in sorted(set(files)):
-        for task in tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
+        for task in playbook_tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
             check = task.get("ansible.builtin.assert", task.get("assert"))
             if isinstance(check, dict):
                 that = check.get("that", [])
