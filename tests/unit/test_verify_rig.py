@@ -35,6 +35,20 @@ def test_step(host, step, request):
 '''
 
 
+# A suite whose last checks drive a browser (a fixture of that name, as the website suite's).
+BROWSER_SUITE = SUITE + '''
+
+@pytest.fixture(scope="module")
+def browser():
+    yield "a browser"
+
+
+@pytest.mark.parametrize("step", range(8, 12))
+def test_browser_step(host, step, request, browser):
+    test_step(host, step, request)
+'''
+
+
 def run_rig(tmp_path: Path, inventory: str, suites: dict[str, str], *options: str) -> None:
     """Run ``suites`` (file name -> source) with the integration suites' own conftest (a link: it
     finds the repository from its real path) against ``inventory`` (INI), under pytest-xdist's
@@ -69,25 +83,29 @@ def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
 
 def test_split_suites_keeps_a_lab_host_whole_and_each_suite_of_another_host_in_one_worker(tmp_path):
     """make demo's --split-suites: a host whose checks cannot change it audits its suites side
-    by side, each suite's checks in one worker and in order; a lab host (cabinet_lab: true, whose
-    checks may change it) keeps all its checks in one worker."""
+    by side, each suite's checks in one worker and in order, and a suite's browser checks in a
+    group of their own; a lab host (cabinet_lab: true, whose checks may change it) keeps all its
+    checks in one worker."""
     run_rig(tmp_path, "[cabinet_managed]\nlab-one ansible_connection=local cabinet_lab=true\n"
             "ws-two ansible_connection=local\nws-three ansible_connection=local\n",
-            {"test_suite_a.py": SUITE, "test_suite_b.py": SUITE}, "-n", "3", "--split-suites")
+            {"test_suite_a.py": SUITE, "test_suite_b.py": BROWSER_SUITE}, "-n", "3", "--split-suites")
     workers: dict[tuple[str, str], set[str]] = defaultdict(set)
     steps: dict[tuple[str, str], list[int]] = defaultdict(list)
     groups = set()
     for line in (tmp_path / "workers.log").read_text(encoding="utf-8").splitlines():
         host, worker, step, suite, group = line.split()
+        part = f"{suite}::browser" if int(step) >= 8 else suite
         groups.add(group)
-        workers[host, suite].add(worker)
-        steps[host, suite].append(int(step))
-    assert len(workers) == 6 and all(w != {"-"} for w in workers.values()), dict(workers)
+        workers[host, part].add(worker)
+        steps[host, part].append(int(step))
+    assert len(workers) == 9 and all(w != {"-"} for w in workers.values()), dict(workers)
     assert all(len(w) == 1 for w in workers.values()), dict(workers)
-    assert all(s == list(range(8)) for s in steps.values()), dict(steps)
-    assert workers["lab-one", "test_suite_a"] == workers["lab-one", "test_suite_b"], dict(workers)
-    assert groups == {"lab-one", "ws-two::test_suite_a", "ws-two::test_suite_b",
-                      "ws-three::test_suite_a", "ws-three::test_suite_b"}, groups
+    assert all(s == list(range(8)) for (_, part), s in steps.items() if "browser" not in part), dict(steps)
+    assert all(s == list(range(8, 12)) for (_, part), s in steps.items() if "browser" in part), dict(steps)
+    lab_workers = {frozenset(w) for (host, _), w in workers.items() if host == "lab-one"}
+    assert len(lab_workers) == 1, dict(workers)
+    assert groups == {"lab-one", "ws-two::test_suite_a", "ws-two::test_suite_b", "ws-two::test_suite_b::browser",
+                      "ws-three::test_suite_a", "ws-three::test_suite_b", "ws-three::test_suite_b::browser"}, groups
 
 
 def task_output(strategy: str, plugins: str, command: str) -> str:
