@@ -562,16 +562,20 @@ class MailSink:
         assert result.rc == 0, result.stderr
         return json.loads(result.stdout)
 
+    # Seconds between two looks at the sink (one short command each). It was 2: each wait for an
+    # alert then took a second more than the alert, and a look for one that must not come took
+    # four seconds (session 19).
+    POLL = 0.5
+
     def wait_for(self, token: str, timeout: float = 90, count: int = 1) -> list[dict[str, str]]:
-        """Messages whose subject holds ``token``, once at least ``count`` have arrived."""
+        """Messages whose subject holds ``token``, once at least ``count`` have arrived; at
+        ``timeout``, those there are. It always looks once: ``timeout=0`` is one look."""
         deadline = time.monotonic() + timeout
-        found: list[dict[str, str]] = []
-        while time.monotonic() < deadline:
+        while True:
             found = [m for m in self.messages() if token in m["Subject"] or token in m["body"]]
-            if len(found) >= count:
+            if len(found) >= count or time.monotonic() >= deadline:
                 return found
-            time.sleep(2)
-        return found
+            time.sleep(self.POLL)
 
     def alerts(self, mail_host: str, practice: str, text: str) -> list[dict[str, str]]:
         """Alerts from one host (its Postfix myhostname) and practice, mentioning ``text``."""
@@ -587,7 +591,7 @@ class MailSink:
             found = self.alerts(mail_host, practice, text)
             if len(found) > before:
                 return found[-1]
-            time.sleep(2)
+            time.sleep(self.POLL)
         raise AssertionError(f"no new {practice} alert mentioning {text!r} from {mail_host} within {timeout:.0f} s")
 
     def stop(self) -> None:
