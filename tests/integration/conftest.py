@@ -656,23 +656,32 @@ def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) ->
     (tests/integration/test_alerting.py's argv watcher, on both paths). The caller removes
     the folder (``drop_private``).
     """
-    import subprocess
-    import tempfile
-
     folder = handle.check_output("umask 077 && mktemp -d /run/cabinet-audit.XXXXXXXX").strip()
     assert folder.startswith("/run/cabinet-audit."), folder
     remote = f"{folder}/{name}"
+    try:
+        _copy_private(handle, content, name, remote)
+        handle.check_output(f"chown root:root {remote} && chmod 0600 {remote}")
+    except BaseException:
+        drop_private(handle, remote)  # no part of a copy left behind when it fails
+        raise
+    return remote
+
+
+def _copy_private(handle: testinfra.host.Host, content: bytes, name: str, remote: str) -> None:
+    import subprocess
+    import tempfile
+
     ssh = _ssh_backend(handle)
     if ssh is not None:
         # One SSH command instead of an `ansible` process (1.6 s of the controller's CPU for
-        # each pattern file, measured on the demo's audit, session 19).
-        # As testinfra's AnsibleBackend.run wraps a command: its own sudo, then the SSH host's.
+        # each pattern file, measured on the demo's audit, session 19). The command is wrapped
+        # as testinfra's AnsibleBackend.run wraps one: its own sudo, then the SSH host's.
         command, args = ssh._build_ssh_command(ssh.get_command(handle.backend.get_command("umask 077 && cat > %s", remote)))
         done = subprocess.run(ssh.quote(" ".join(command), *args), shell=True, input=content,  # noqa: S602 - testinfra's own quoting
                               capture_output=True, check=False)
         assert done.returncode == 0, f"could not copy to the host: {done.stderr.decode(errors='replace')}"
-        handle.check_output(f"chown root:root {remote} && chmod 0600 {remote}")
-        return remote
+        return
     with tempfile.TemporaryDirectory(prefix="cabinet-audit.") as local_dir:
         local = Path(local_dir) / name
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -690,8 +699,6 @@ def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) ->
             done = handle.ansible("ansible.builtin.copy", f"src={local} dest={remote} owner=root group=root mode=0600",
                                   become=True, check=False)
             assert not done.get("failed"), f"could not copy to the host: {done.get('msg')}"
-    handle.check_output(f"chown root:root {remote} && chmod 0600 {remote}")
-    return remote
 
 
 def _ssh_backend(handle: testinfra.host.Host):
