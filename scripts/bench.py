@@ -18,7 +18,9 @@ For each run it records:
   - the host-tasks executed (ok, changed, failed, unreachable results; skipped ones apart), from
     the cabinet_stats callback;
   - controller CPU per executed host-task, and from it the extrapolation to 50 and 500
-    practices (the method is printed with the table and in the README).
+    practices (the method is printed with the table and in the README); and controller CPU
+    per host-task with the skipped ones counted, which compares across versions of the roles
+    (a skipped host-task costs the controller too, and which checks skip changes with the code).
 
 How: one container is set up (openssh-server, sudo, msp-admin) and converged once, then saved
 as the image localhost/cabinet-bench:seed (rebuilt when missing or with --rebuild-seed). N

@@ -14,9 +14,11 @@ tests can stop and read) take the ``mailsink`` fixture; on a real inventory, whi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,6 +151,13 @@ def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
         if call.excinfo.errisinstance((HostUnreachable, CheckTimeout)):
             report.user_properties.append(("cabinet_unreachable", scrub(item.config, str(call.excinfo.value))[:400]))
         report.user_properties.append(("cabinet_reason", failure_reason(item.config, call.excinfo)))
+    if report.failed:
+        # What pytest prints of a failure (the terminal, a CI log, the demo's audit.log, junit's
+        # XML) shows each frame's arguments: a leak check that fails held the secrets it looked
+        # for (`secrets = [...]`). The inventory's secrets are masked there too, and in what the
+        # check printed; a failure is rare, so the text is worked out once, here.
+        report.longrepr = scrub(item.config, str(report.longrepr))
+        report.sections = [(title, scrub(item.config, text)) for title, text in report.sections]
     # An expected failure (pytest.xfail with its reason) is a known defect, declared and
     # counted in the summary, not a skip.
     if not report.skipped or hasattr(report, "wasxfail") or not _lab_run(item.config):
@@ -351,9 +360,9 @@ def connect(inventory: Inventory, name: str) -> testinfra.host.Host:
     # let an audit of one client, within 60 s of another's, run on the other's machine when both
     # reach the same address through different jump hosts (%C hashes address, port and user
     # only). So the path is this process's own. testinfra caches the SSH host it builds.
-    inner = handle.backend.ansible_runner.get_host(name, ssh_config=None, ssh_identity_file=None)
-    if inner is not None and getattr(inner.backend, "NAME", "") == "ssh":
-        inner.backend.controlpath = f"{_control_dir()}/%%C"  # %% survives testinfra's formatting
+    ssh = _ssh_backend(handle)
+    if ssh is not None:
+        ssh.controlpath = f"{_control_dir()}/%%C"  # %% survives testinfra's formatting
     return handle
 
 
@@ -587,10 +596,12 @@ class MailSink:
                    timeout: float = 90) -> dict[str, str]:
         """The newest such alert, once more than ``before`` of them have arrived."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             found = self.alerts(mail_host, practice, text)
             if len(found) > before:
                 return found[-1]
+            if time.monotonic() >= deadline:
+                break
             time.sleep(self.POLL)
         raise AssertionError(f"no new {practice} alert mentioning {text!r} from {mail_host} within {timeout:.0f} s")
 
@@ -645,6 +656,25 @@ def wait_mail_queue_empty(handle: testinfra.host.Host, timeout: float = 90, unit
 SECRET_ROOTS = "/etc /usr/local /var/log /tmp /root"
 
 
+class Hidden:
+    """A secret pytest must never print: a failing check's report shows each frame's arguments
+    (saferepr cuts long ones short, which the masking of pytest_runtest_makereport would then
+    miss). A function given a secret rebinds its argument to one of these first thing."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value.value if isinstance(value, Hidden) else value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+# A search's first step: the pattern file matches itself, or it is empty or unreadable and the
+# search would find nothing whatever the host holds (it fails the check instead).
+PATTERNS_SELF_TEST = 'grep -qF -f "$1" -- "$1" || { echo "patterns=unusable"; exit 3; }; '
+
+
 def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) -> str:
     """Put ``content`` in a new root-only folder on the host; return the file's path there.
 
@@ -652,48 +682,63 @@ def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) ->
     own SSH command (hosts reached over SSH, through sudo as every other command), from a
     0600 file on the controller by ``podman cp`` (containers), or by Ansible's copy module
     (any other connection, whose arguments travel inside the module's payload), so neither
-    the controller's nor the host's process list, sudo's log or auth.log ever holds it
-    (tests/integration/test_alerting.py's argv watcher, on both paths). The caller removes
-    the folder (``drop_private``).
+    the controller's nor the host's process list, sudo's command log or auth.log ever holds it
+    (tests/integration/test_alerting.py's argv watcher, on both paths; sudo's input logging,
+    off unless a client turns it on, keeps what sudo reads: README, Secrets). The copy is
+    checked whole. The caller removes the folder (``drop_private``).
     """
+    content = Hidden(content)
     folder = handle.check_output("umask 077 && mktemp -d /run/cabinet-audit.XXXXXXXX").strip()
     assert folder.startswith("/run/cabinet-audit."), folder
     remote = f"{folder}/{name}"
     try:
         _copy_private(handle, content, name, remote)
-        handle.check_output(f"chown root:root {remote} && chmod 0600 {remote}")
+        size = handle.check_output(f"chown root:root {remote} && chmod 0600 {remote} && stat -c %s {remote}").strip()
+        # Whole, or not at all: a copy cut short would search for part of the secrets only.
+        assert size == str(len(content.value)), f"the copy on the host holds {size} bytes, not {len(content.value)}"
+    except (CheckTimeout, HostUnreachable):
+        raise  # the host no longer answers: no cleanup command to wait for (/run is a tmpfs)
     except BaseException:
-        drop_private(handle, remote)  # no part of a copy left behind when it fails
+        with contextlib.suppress(Exception):  # the copy's own failure is the one to report
+            drop_private(handle, remote)  # no part of a copy left behind when it fails
         raise
     return remote
 
 
-def _copy_private(handle: testinfra.host.Host, content: bytes, name: str, remote: str) -> None:
-    import subprocess
-    import tempfile
-
+def ssh_command_with_stdin(handle: testinfra.host.Host, command: str) -> str | None:
+    """The shell command line that runs ``command`` on ``handle`` exactly as testinfra's
+    ``handle.run(command)`` would over SSH (its AnsibleBackend's sudo, then the SSH host's, its
+    options and ControlPath), with no terminal (-T, last: it wins over -t and RequestTTY), so
+    that what it reads on its standard input is the caller's; None when the host is not reached
+    over SSH."""
     ssh = _ssh_backend(handle)
-    if ssh is not None:
+    if ssh is None:
+        return None
+    parts, args = ssh._build_ssh_command(ssh.get_command(handle.backend.get_command(command)))
+    parts.insert(len(parts) - 1, "-T")
+    return ssh.quote(" ".join(parts), *args)
+
+
+def _copy_private(handle: testinfra.host.Host, content: Hidden, name: str, remote: str) -> None:
+    command = ssh_command_with_stdin(handle, f"umask 077 && cat > {shlex.quote(remote)}")
+    if command is not None:
         # One SSH command instead of an `ansible` process (1.6 s of the controller's CPU for
-        # each pattern file, measured on the demo's audit, session 19). The command is wrapped
-        # as testinfra's AnsibleBackend.run wraps one: its own sudo, then the SSH host's.
-        command, args = ssh._build_ssh_command(ssh.get_command(handle.backend.get_command("umask 077 && cat > %s", remote)))
-        done = subprocess.run(ssh.quote(" ".join(command), *args), shell=True, input=content,  # noqa: S602 - testinfra's own quoting
-                              capture_output=True, check=False)
-        assert done.returncode == 0, f"could not copy to the host: {done.stderr.decode(errors='replace')}"
+        # each pattern file, measured on the demo's audit, session 19).
+        done = subprocess.run(command, shell=True, input=content.value, capture_output=True,  # noqa: S602 - testinfra's quoting
+                              timeout=120, check=False)
+        assert done.returncode == 0, f"could not copy to the host: {done.stderr.decode(errors='replace')[-400:]}"
         return
     with tempfile.TemporaryDirectory(prefix="cabinet-audit.") as local_dir:
         local = Path(local_dir) / name
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(content)
+            out.write(content.value)
         backend = handle.backend
         if backend.NAME == "podman":
             done = subprocess.run(["podman", "cp", str(local), f"{backend.name}:{remote}"],
                                   capture_output=True, text=True, check=False)
             assert done.returncode == 0, f"podman cp failed: {done.stderr}"
         elif backend.NAME == "local":
-            import shutil
             shutil.copyfile(local, remote)
         else:
             done = handle.ansible("ansible.builtin.copy", f"src={local} dest={remote} owner=root group=root mode=0600",
@@ -730,21 +775,21 @@ def assert_secrets_not_exposed(handle: testinfra.host.Host, secrets: list[str], 
     them in ``ps``. The suite runs as root (Molecule) or with the inventory's become (real
     hosts); a search that cannot run fails the check rather than passing it.
     """
-    secrets = [s for s in secrets if s]
-    assert secrets, f"no {what} to look for"
+    secrets = Hidden([s for s in Hidden(secrets).value if s])
+    assert secrets.value, f"no {what} to look for"
     # Each assertion computes a boolean first: pytest prints the values of a failing
     # expression, and a list of secrets must never reach a CI log.
-    multiline = any("\n" in s for s in secrets)
+    multiline = any("\n" in s for s in secrets.value)
     assert not multiline, f"{what}: a secret with a line break cannot be searched line by line"
     if lab_roots and getattr(handle, "cabinet_lab", False):
         roots = f"{roots} {lab_roots}"
-    patterns = push_private_file(handle, ("\n".join(secrets) + "\n").encode(), "patterns")
+    patterns = push_private_file(handle, ("\n".join(secrets.value) + "\n").encode(), "patterns")
     try:
         # One grep for many files (xargs), not one a file: 0.015 s instead of 1.2 s on the demo's
         # server. grep lists the files that hold a pattern (-l), skips one that vanished or cannot
         # be read (-s, as before), and exits 1 when it found nothing, which xargs reports as 123;
         # find's own status fails the check (a root that cannot be walked is not searched).
-        leaked = handle.run(f"bash -c 'find {roots} -xdev -type f -perm -o=r -print0 "
+        leaked = handle.run(f"bash -c '{PATTERNS_SELF_TEST}find {roots} -xdev -type f -perm -o=r -print0 "
                             f"| xargs -0 -r grep -lsF -f \"$1\" --; "
                             f"echo \"find=${{PIPESTATUS[0]}} xargs=${{PIPESTATUS[1]}}\"' - {patterns}")
         lines = leaked.stdout.splitlines()
@@ -758,7 +803,7 @@ def assert_secrets_not_exposed(handle: testinfra.host.Host, secrets: list[str], 
         entries = handle.run("journalctl --no-pager -q -n 1 -o cat | wc -l")
         assert entries.rc == 0 and entries.stdout.strip() not in ("", "0"), \
             f"the journal could not be read or is empty: {entries.stderr}"
-        journal = handle.run("bash -c 'journalctl --no-pager -q -o export | grep -caF -f \"$1\"; "
+        journal = handle.run(f"bash -c '{PATTERNS_SELF_TEST}journalctl --no-pager -q -o export | grep -caF -f \"$1\"; "
                              "echo \"journalctl=${PIPESTATUS[0]}\"' - " + patterns)
         lines = journal.stdout.split()
         assert len(lines) == 2 and lines[0].isdigit() and lines[1] == "journalctl=0", \
@@ -775,15 +820,15 @@ def assert_secrets_not_in_ansible_log(request: pytest.FixtureRequest, secrets: l
     ``marker`` is text the role's run always logs, so a log of some other run cannot pass.
     """
     log = request.config.getoption("ansible_log")
-    secrets = [s for s in secrets if s]
-    if not secrets:
+    secrets = Hidden([s for s in Hidden(secrets).value if s])
+    if not secrets.value:
         not_applicable(f"no {what} in this inventory")
     if not log:
         pytest.skip("no Ansible log to audit (give --ansible-log)")
     with open(log, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     assert marker in text, f"{log} does not look like the log of a run with {marker!r}"
-    found = any(s in text for s in secrets)
+    found = any(s in text for s in secrets.value)
     assert not found, f"{what} appears in the Ansible output ({log})"
 
 

@@ -149,7 +149,10 @@ def test_alert_reaches_the_msp_with_its_subject_and_the_journal(host, expect, ma
                       f"Sauvegarde échouée {token}", "Détails : disque plein")
     assert result.rc == 0, result.stderr
 
-    messages = mailsink.wait_for(token)
+    mailsink.wait_for(token)
+    # The count is final once the host's queue is empty: nothing is left that could deliver it again.
+    wait_mail_queue_empty(host, timeout=60)
+    messages = mailsink.wait_for(token, timeout=0)
     assert len(messages) == 1, f"expected the alert in the sink once, found {len(messages)}"
     mail = messages[0]
     hostname = host.check_output("postconf -h myhostname")
@@ -236,7 +239,8 @@ def test_secret_audit_never_puts_a_secret_in_a_command_line(lab, expect):
         deadline = time.monotonic() + 30
         while not (lab.file(f"{folder}/hits").exists and (here / "hits").exists()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        # The canary, in a command line on the host and on the controller (the backend's runc or podman exec).
+        # The canary, in a command line on the host and on the controller (the backend's runc or podman exec,
+        # or its ssh).
         lab.check_output(f"sh -c ': {canary}; sleep 1'")
         assert_secrets_not_exposed(lab, [password], "the relay password", roots=SECRET_ROOTS + " /var/spool/postfix")
         time.sleep(0.5)

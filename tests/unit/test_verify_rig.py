@@ -35,7 +35,8 @@ def test_step(host, step, request):
 '''
 
 
-# A suite whose last checks drive a browser (a fixture of that name, as the website suite's).
+# A suite whose last checks drive a browser (a fixture of that name, as the website suite's:
+# some take it directly, some through a fixture of their own, as the website's `visit`).
 BROWSER_SUITE = SUITE + '''
 
 @pytest.fixture(scope="module")
@@ -43,16 +44,27 @@ def browser():
     yield "a browser"
 
 
-@pytest.mark.parametrize("step", range(8, 12))
+@pytest.fixture
+def visit(browser):
+    yield browser
+
+
+@pytest.mark.parametrize("step", range(8, 10))
 def test_browser_step(host, step, request, browser):
+    test_step(host, step, request)
+
+
+@pytest.mark.parametrize("step", range(10, 12))
+def test_browser_visit_step(host, step, request, visit):
     test_step(host, step, request)
 '''
 
 
-def run_rig(tmp_path: Path, inventory: str, suites: dict[str, str], *options: str) -> None:
+def run_rig(tmp_path: Path, inventory: str, suites: dict[str, str], *options: str,
+            passes: bool = True) -> subprocess.CompletedProcess:
     """Run ``suites`` (file name -> source) with the integration suites' own conftest (a link: it
     finds the repository from its real path) against ``inventory`` (INI), under pytest-xdist's
-    loadgroup; it must pass."""
+    loadgroup; it must pass (or fail, ``passes=False``)."""
     (tmp_path / "hosts.ini").write_text(inventory, encoding="utf-8")
     for name, source in suites.items():
         (tmp_path / name).write_text(source, encoding="utf-8")
@@ -62,7 +74,8 @@ def run_rig(tmp_path: Path, inventory: str, suites: dict[str, str], *options: st
          f"--ansible-inventory={tmp_path / 'hosts.ini'}", *(str(tmp_path / name) for name in suites)],
         cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (run.returncode == 0) == passes, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
 
 
 def test_each_hosts_tests_run_in_one_worker_in_order(tmp_path):
@@ -106,6 +119,32 @@ def test_split_suites_keeps_a_lab_host_whole_and_each_suite_of_another_host_in_o
     assert len(lab_workers) == 1, dict(workers)
     assert groups == {"lab-one", "ws-two::test_suite_a", "ws-two::test_suite_b", "ws-two::test_suite_b::browser",
                       "ws-three::test_suite_a", "ws-three::test_suite_b", "ws-three::test_suite_b::browser"}, groups
+
+
+def test_split_suites_hands_out_the_browser_checks_first_then_the_largest_groups(tmp_path):
+    """The order pytest-xdist hands the groups out in (its own order, largest first by number of
+    checks, is turned off with --split-suites): the browser groups first, then the others by
+    size, each group's checks in their own order."""
+    run = run_rig(tmp_path, "[cabinet_managed]\nlab-one ansible_connection=local cabinet_lab=true\n"
+                  "ws-two ansible_connection=local\n",
+                  {"test_suite_a.py": SUITE, "test_suite_b.py": BROWSER_SUITE}, "--split-suites", "--collect-only")
+    order, steps = [], []
+    for line in run.stdout.splitlines():
+        found = re.match(r"(?:.*/)?(test_suite_[ab])\.py::(test_\w+)\[(lab-one|ws-two)-(\d+)\]$", line.strip())
+        if found:
+            suite, test, host, step = found.groups()
+            order.append(host if host == "lab-one" else f"{host}::{suite}" + ("::browser" if "browser" in test else ""))
+            steps.append((suite, int(step)))
+    assert len(order) == 40, run.stdout[-2000:]
+    groups = list(dict.fromkeys(order))
+    assert groups == ["ws-two::test_suite_b::browser", "lab-one", "ws-two::test_suite_a", "ws-two::test_suite_b"], groups
+    assert order == sorted(order, key=groups.index), "a group's checks are not together"
+    for group in groups:
+        for suite in ("test_suite_a", "test_suite_b"):
+            mine = [step for (name, step), owner in zip(steps, order) if owner == group and name == suite]
+            assert mine == sorted(mine), (group, suite, mine)
+    assert "--no-loadscope-reorder" in subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True,
+                                                      text=True, check=False).stdout, "pytest-xdist too old (3.8 at least)"
 
 
 def task_output(strategy: str, plugins: str, command: str) -> str:
@@ -200,3 +239,108 @@ def test_a_mail_sink_outage_never_overlaps_a_check_that_waits_for_mail(tmp_path)
     for start, end in spans["outage"]:
         others = [s for s in spans["outage"] + spans["delivery"] if s != (start, end)]
         assert not [s for s in others if s[0] < end and start < s[1]], (start, end)
+
+
+# ----------------------------------------------------------------------------- the secret audit's own secrets
+LEAK_SUITE = '''
+import os
+import tempfile
+
+from conftest import assert_secrets_not_exposed
+
+AUDITED_GROUP = "cabinet_managed"
+
+
+def test_a_leak_found(host, inventory):
+    """The leak check fails on a world-readable file that holds the secret (planted here)."""
+    secret = inventory.vars(host.inventory_name)["relay_password"]
+    folder = tempfile.mkdtemp(prefix="cabinet-rig-leak.")
+    os.chmod(folder, 0o755)
+    with open(os.path.join(folder, "leak.conf"), "w", encoding="utf-8") as out:
+        out.write("password = " + secret + "\\\\n")
+    os.chmod(os.path.join(folder, "leak.conf"), 0o644)
+    try:
+        assert_secrets_not_exposed(host, [secret], "the relay password", roots=folder)
+    finally:
+        os.remove(os.path.join(folder, "leak.conf"))
+        os.rmdir(folder)
+
+
+def test_a_pattern_file_that_came_empty(host, inventory, monkeypatch):
+    """A pattern file that reached the host empty (a copy cut short) finds nothing anywhere:
+    the check must fail, not pass, although the planted leak is there."""
+    import conftest
+
+    def empty_copy(handle, content, name):
+        folder = tempfile.mkdtemp(prefix="cabinet-audit.", dir="/run")
+        open(os.path.join(folder, name), "wb").close()
+        return os.path.join(folder, name)
+
+    monkeypatch.setattr(conftest, "push_private_file", empty_copy)
+    test_a_leak_found(host, inventory)
+
+
+def _compare(value):
+    assert value == "something else"
+
+
+def test_a_secret_in_a_failing_comparison(host, inventory):
+    _compare(inventory.vars(host.inventory_name)["relay_password"])
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the leak check copies its pattern file to /run as root")
+def test_a_failing_leak_check_never_prints_the_secret(tmp_path):
+    """pytest prints each frame's arguments when a check fails: a leak check that finds a leak
+    held the secrets it looked for, and a CI log, the demo's audit.log or junit's XML showed
+    them. The secret is a Hidden argument, and every failure's text has the inventory's secrets
+    masked. The check itself still fails, and says where the leak is; a pattern file that came
+    empty fails it too (it would find nothing anywhere)."""
+    secret = "Rig-s3cret-" + os.urandom(6).hex()
+    junit = tmp_path / "junit.xml"
+    run = run_rig(tmp_path, f"[cabinet_managed]\nlab-one ansible_connection=local relay_password={secret}\n",
+                  {"test_leak_suite.py": LEAK_SUITE}, f"--junitxml={junit}", passes=False)
+    output = run.stdout + run.stderr
+    assert "3 failed" in output, output[-3000:]
+    assert "world-readable files hold the relay password" in output and "leak.conf" in output, output[-3000:]
+    assert "could not search the files: ['patterns=unusable']" in output, output[-3000:]
+    assert secret not in output, "the secret is in pytest's output"
+    assert secret not in junit.read_text(encoding="utf-8"), "the secret is in junit's XML"
+    assert "<hidden>" in output and "[secret masqué]" in output, output[-3000:]
+
+
+def _integration_conftest():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cabinet_integration_conftest",
+                                                  ROOT / "tests" / "integration" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_secret_copy_runs_where_and_as_every_other_command(tmp_path, monkeypatch):
+    """The pattern file goes to the host on the standard input of an SSH command testinfra's own
+    code builds (a private function of it): the same host, user, port, options and sudo as the
+    audit's every other command, with no terminal (-T) and nothing else changed."""
+    import testinfra
+
+    rig = _integration_conftest()
+    (tmp_path / "hosts.ini").write_text(
+        "[cabinet_managed]\nh1 ansible_host=192.0.2.10 ansible_user=msp-admin ansible_port=2222 ansible_become=true "
+        "ansible_ssh_common_args='-o StrictHostKeyChecking=yes'\n", encoding="utf-8")
+    handle = testinfra.get_host("ansible://h1", ansible_inventory=str(tmp_path / "hosts.ini"))
+    ssh = rig._ssh_backend(handle)
+    assert ssh is not None and ssh.NAME == "ssh"
+    seen = []
+    monkeypatch.setattr(ssh, "run_local", lambda command, *args: seen.append(ssh.quote(command, *args))
+                        or ssh.result(0, b"", b"", b""))
+    handle.run("umask 077 && cat > /run/cabinet-audit.x/patterns")
+    ordinary = seen[-1]
+    copy = rig.ssh_command_with_stdin(handle, "umask 077 && cat > /run/cabinet-audit.x/patterns")
+    assert copy.replace(" -T ", " ", 1) == ordinary, (copy, ordinary)
+    assert " -T " in copy and copy.index(" -T ") > copy.index("StrictHostKeyChecking")
+    for part in ("User=msp-admin", "Port=2222", "192.0.2.10", "sudo /bin/sh -c"):
+        assert part in ordinary, (part, ordinary)
+    # Not reached over SSH: no such command (the copy then goes by podman cp or Ansible's module).
+    assert rig.ssh_command_with_stdin(testinfra.get_host("local://"), "true") is None
