@@ -155,8 +155,9 @@ def pytest_runtest_makereport(item, call):  # noqa: ARG001 - pytest's signature
         # What pytest prints of a failure (the terminal, a CI log, the demo's audit.log, junit's
         # XML) shows each frame's arguments: a leak check that fails held the secrets it looked
         # for (`secrets = [...]`). The inventory's secrets are masked there too, and in what the
-        # check printed; a failure is rare, so the text is worked out once, here.
-        report.longrepr = scrub(item.config, str(report.longrepr))
+        # check printed: every string of the report, in place, so that its parts (the short
+        # summary's reason, junit's message) stay what pytest and pytest-xdist expect.
+        report.longrepr = _scrubbed(item.config, report.longrepr)
         report.sections = [(title, scrub(item.config, text)) for title, text in report.sections]
     # An expected failure (pytest.xfail with its reason) is a known defect, declared and
     # counted in the summary, not a skip.
@@ -696,13 +697,23 @@ def push_private_file(handle: testinfra.host.Host, content: bytes, name: str) ->
         size = handle.check_output(f"chown root:root {remote} && chmod 0600 {remote} && stat -c %s {remote}").strip()
         # Whole, or not at all: a copy cut short would search for part of the secrets only.
         assert size == str(len(content.value)), f"the copy on the host holds {size} bytes, not {len(content.value)}"
-    except (CheckTimeout, HostUnreachable):
-        raise  # the host no longer answers: no cleanup command to wait for (/run is a tmpfs)
     except BaseException:
-        with contextlib.suppress(Exception):  # the copy's own failure is the one to report
-            drop_private(handle, remote)  # no part of a copy left behind when it fails
+        _drop_within(handle, remote, 30)  # no part of a copy left behind when it fails
         raise
     return remote
+
+
+def _drop_within(handle: testinfra.host.Host, remote: str, seconds: int) -> None:
+    """drop_private, tried once and for ``seconds`` at most over SSH (the host may be the reason
+    the copy failed), its own failure kept quiet: the copy's is the one to report."""
+    folder = os.path.dirname(remote)
+    with contextlib.suppress(Exception):
+        command = ssh_command_with_stdin(handle, f"rm -rf -- {shlex.quote(folder)}")
+        if command is None:
+            drop_private(handle, remote)
+        elif folder.startswith("/run/cabinet-audit."):
+            subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True,  # noqa: S602 - testinfra's quoting
+                           timeout=seconds, check=False)
 
 
 def ssh_command_with_stdin(handle: testinfra.host.Host, command: str) -> str | None:
@@ -724,8 +735,18 @@ def _copy_private(handle: testinfra.host.Host, content: Hidden, name: str, remot
     if command is not None:
         # One SSH command instead of an `ansible` process (1.6 s of the controller's CPU for
         # each pattern file, measured on the demo's audit, session 19).
-        done = subprocess.run(command, shell=True, input=content.value, capture_output=True,  # noqa: S602 - testinfra's quoting
-                              timeout=120, check=False)
+        # A failure raised inside subprocess would show its frames, whose arguments hold the
+        # content (pytest prints the last frame's in full): it is raised again from here, alone.
+        failure: BaseException | None = None
+        try:
+            done = subprocess.run(command, shell=True, input=content.value, capture_output=True,  # noqa: S602 - testinfra's quoting
+                                  timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            failure = AssertionError("could not copy to the host: no answer within 120 s")
+        except CheckTimeout as exc:
+            failure = CheckTimeout(str(exc))
+        if failure is not None:
+            raise failure from None
         assert done.returncode == 0, f"could not copy to the host: {done.stderr.decode(errors='replace')[-400:]}"
         return
     with tempfile.TemporaryDirectory(prefix="cabinet-audit.") as local_dir:
@@ -939,13 +960,39 @@ def _secret_values(source: str) -> tuple[str, ...]:
 
 
 def scrub(config: pytest.Config, text: str) -> str:
-    """``text`` with every secret of the inventory masked: before anything cuts it short."""
+    """``text`` with every secret of the inventory masked: before anything cuts it short, and
+    where pytest already did (its saferepr cuts a long value in the middle with "...": a
+    secret's first or last four characters and more, against those dots, are masked too)."""
     source = config.getoption("ansible_inventory", default=None)
     if not source or not text:
         return text
-    for secret in _secret_values(source):
+    secrets = _secret_values(source)
+    for secret in secrets:
         text = text.replace(secret, "[secret masqué]")
+    if "..." in text:
+        for secret in secrets:
+            for size in range(len(secret) - 1, 3, -1):
+                text = text.replace(secret[:size] + "...", "[secret masqué]...")
+                text = text.replace("..." + secret[-size:], "...[secret masqué]")
     return text
+
+
+def _scrubbed(config: pytest.Config, value: Any) -> Any:
+    """``value`` (a report's longrepr: pytest's dataclasses, tuples, lists, strings) with
+    scrub() applied to every string in it, changed in place where it is an object."""
+    import dataclasses
+
+    if isinstance(value, str):
+        return scrub(config, value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrubbed(config, item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            current = getattr(value, field.name)
+            cleaned = _scrubbed(config, current)
+            if cleaned is not current:
+                object.__setattr__(value, field.name, cleaned)
+    return value
 
 
 def failure_reason(config: pytest.Config, excinfo) -> str:

@@ -296,16 +296,23 @@ def test_a_failing_leak_check_never_prints_the_secret(tmp_path):
     them. The secret is a Hidden argument, and every failure's text has the inventory's secrets
     masked. The check itself still fails, and says where the leak is; a pattern file that came
     empty fails it too (it would find nothing anywhere)."""
-    secret = "Rig-s3cret-" + os.urandom(6).hex()
-    junit = tmp_path / "junit.xml"
+    # Long enough that pytest cuts its value short ("...") where it shows it.
+    secret = "Rig-s3cret-" + os.urandom(150).hex()
+    junit, results = tmp_path / "junit.xml", tmp_path / "results.json"
     run = run_rig(tmp_path, f"[cabinet_managed]\nlab-one ansible_connection=local relay_password={secret}\n",
-                  {"test_leak_suite.py": LEAK_SUITE}, f"--junitxml={junit}", passes=False)
+                  {"test_leak_suite.py": LEAK_SUITE}, "-n", "2", "-rfE", f"--junitxml={junit}",
+                  f"--report-json={results}", passes=False)
     output = run.stdout + run.stderr
     assert "3 failed" in output, output[-3000:]
     assert "world-readable files hold the relay password" in output and "leak.conf" in output, output[-3000:]
     assert "could not search the files: ['patterns=unusable']" in output, output[-3000:]
-    assert secret not in output, "the secret is in pytest's output"
-    assert secret not in junit.read_text(encoding="utf-8"), "the secret is in junit's XML"
+    # The short summary keeps each failure's reason (the report's parts are masked in place).
+    assert re.search(r"FAILED \S*test_a_leak_found\S* - Assertion", output), output[-3000:]  # (cut to 80 columns)
+    written = {"pytest's output": output, "junit's XML": junit.read_text(encoding="utf-8"),
+               "the report's JSON": results.read_text(encoding="utf-8")}
+    for where, text in written.items():
+        pieces = [secret[i:i + 12] for i in range(len(secret) - 11) if secret[i:i + 12] in text]
+        assert not pieces, f"twelve characters of the secret or more are in {where}"
     assert "<hidden>" in output and "[secret masqué]" in output, output[-3000:]
 
 
