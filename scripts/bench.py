@@ -304,7 +304,8 @@ def plays_table(plays: list[dict]) -> str:
     lines = ["| play | seconds | task headers | executed | skipped |", "|---|---:|---:|---:|---:|"]
     for p in plays:
         executed = p["ok"] + p["changed"] + p["failed"] + p["unreachable"]
-        lines.append(f"| {p['name']} | {p.get('seconds', 0)} | {p['tasks']} | {executed} | {p['skipped']} |")
+        name = p["name"].replace("|", "\\|")  # a play's name holds " | ", which would end the table's cell
+        lines.append(f"| {name} | {p.get('seconds', 0)} | {p['tasks']} | {executed} | {p['skipped']} |")
     return "\n".join(lines)
 
 
