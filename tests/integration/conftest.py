@@ -734,9 +734,9 @@ def _copy_private(handle: testinfra.host.Host, content: Hidden, name: str, remot
     command = ssh_command_with_stdin(handle, f"umask 077 && cat > {shlex.quote(remote)}")
     if command is not None:
         # One SSH command instead of an `ansible` process (1.6 s of the controller's CPU for
-        # each pattern file, measured on the demo's audit, session 19).
-        # A failure raised inside subprocess would show its frames, whose arguments hold the
-        # content (pytest prints the last frame's in full): it is raised again from here, alone.
+        # each pattern file, measured on the demo's audit, session 19). A failure raised inside
+        # subprocess would show its frames, whose arguments hold the content (pytest prints the
+        # last frame's in full): it is raised again from here, alone.
         failure: BaseException | None = None
         try:
             done = subprocess.run(command, shell=True, input=content.value, capture_output=True,  # noqa: S602 - testinfra's quoting
@@ -984,7 +984,7 @@ def _scrubbed(config: pytest.Config, value: Any) -> Any:
 
     if isinstance(value, str):
         return scrub(config, value)
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):  # exactly: a named tuple would not rebuild from one iterable
         return type(value)(_scrubbed(config, item) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):
